@@ -1,0 +1,40 @@
+# Each target does its own set-up on a fresh machine; `make install` is the shared step.
+PY := .venv/bin/python
+NVCC ?= nvcc
+TORCH_INC = $(shell $(PY) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I'+p for p in include_paths()))" 2>/dev/null)
+PY_INC = $(shell $(PY) -c "import sysconfig; print('-I' + sysconfig.get_paths()['include'])" 2>/dev/null)
+
+.PHONY: install build test test-cpu test-triton demo bench cuda-check gpu-check clean
+
+install:
+	bash scripts/install.sh
+
+# Incremental rebuild of the extension during development (ninja recompiles what changed).
+build:
+	flock /tmp/specdec-build.lock $(PY) setup.py -q build_ext --inplace
+
+test: install test-cpu test-triton
+
+test-cpu:
+	$(PY) -m pytest -q -m "not triton" tests
+
+# The Triton interpreter must be on before triton kernels are imported: its own process.
+test-triton:
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests
+
+demo: install
+	$(PY) -m specdec_kernels.cli bench w4a16 --quick
+
+bench: install
+	$(PY) -m specdec_kernels.cli bench w4a16 --json benchmarks/results/w4a16_cpu.json --plot benchmarks/results/w4a16_cpu.png
+
+# Compile every .cu for sm_80 and sm_90a without a GPU; print ptxas' per-kernel register/spill
+# report; fail when a GEMM kernel spills to local memory.
+cuda-check:
+	bash scripts/cuda_check.sh
+
+gpu-check:
+	bash benchmarks/gpu_suite.sh
+
+clean:
+	rm -rf build python/specdec_kernels/*.so *.egg-info python/*.egg-info

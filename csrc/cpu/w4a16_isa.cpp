@@ -1,0 +1,31 @@
+// One W4A16 kernel source (w4a16_kernel.inc) compiled for three ISAs; the dispatcher picks one at
+// run time. The target pragmas come after every #include so that no inline function from a header
+// is compiled with AVX-512 and then shared with the portable path by the linker.
+#include "w4a16_isa.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+namespace specdec::cpu::avx512 {
+#include "w4a16_kernel.inc"
+void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {
+  gemm_tiles(a.x, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin, end);
+}
+}  // namespace specdec::cpu::avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace specdec::cpu::avx2 {
+#include "w4a16_kernel.inc"
+void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {
+  gemm_tiles(a.x, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin, end);
+}
+}  // namespace specdec::cpu::avx2
+#pragma GCC pop_options
+
+namespace specdec::cpu::generic {
+#include "w4a16_kernel.inc"
+void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {
+  gemm_tiles(a.x, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin, end);
+}
+}  // namespace specdec::cpu::generic

@@ -1,0 +1,52 @@
+"""Typed wrappers over torch.ops.specdec.*, each paired with its fake (meta) kernel.
+
+The fake kernels exist so that every op traces under torch.compile and passes
+torch.library.opcheck: they compute output shapes/dtypes without touching data.
+"""
+import torch
+
+_ops = torch.ops.specdec
+
+# Rows of output columns per CPU weight tile (one AVX-512 vector of float32); N is padded to it.
+CPU_TILE_N = 16
+# CUDA tiles cover 64 output columns; N is padded to it at prepack time.
+CUDA_TILE_N = 64
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def prepacked_shapes(device_type: str, n: int, k: int, group_size: int):
+    """Shapes of (packed_qweight, packed_scales, packed_mins) in a backend's own layout."""
+    if device_type == "cuda":
+        n_pad = _round_up(n, CUDA_TILE_N)
+        return [(k // 16, 2 * n_pad), (k // group_size, n_pad), (k // group_size, n_pad)]
+    tiles = _round_up(n, CPU_TILE_N) // CPU_TILE_N
+    return [(tiles, k // 2, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N)]
+
+
+# ---------------------------------------------------------------- W4A16
+def w4a16_prepack(qweight, scales, mins, group_size: int):
+    """Canonical (qweight uint8 [N, K/2], scales/mins [N, K/G]) -> the layout of qweight's device."""
+    return _ops.w4a16_prepack(qweight, scales, mins, group_size)
+
+
+def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
+    """y = x @ W.T for prepacked 4-bit W. x: [M, K] (float32/bfloat16/float16 on CPU) -> [M, N] in x.dtype."""
+    return _ops.w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
+
+
+@torch.library.register_fake("specdec::w4a16_prepack")
+def _w4a16_prepack_fake(qweight, scales, mins, group_size):
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    (qs, ss, ms) = prepacked_shapes(qweight.device.type, n, k, group_size)
+    q_dtype = torch.int32 if qweight.device.type == "cuda" else torch.uint8
+    s_dtype = scales.dtype if qweight.device.type == "cuda" else torch.float32
+    return [qweight.new_empty(qs, dtype=q_dtype), scales.new_empty(ss, dtype=s_dtype), mins.new_empty(ms, dtype=s_dtype)]
+
+
+@torch.library.register_fake("specdec::w4a16_gemm")
+def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, out_features):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D [M, K], got {tuple(x.shape)}")
+    return x.new_empty((x.shape[0], out_features))

@@ -1,0 +1,41 @@
+"""Source build of specdec_kernels._C: CPU kernels always, CUDA kernels when torch has CUDA and
+nvcc exists (or FORCE_CUDA=1). Never decided by torch.cuda.is_available(): builds run on machines
+without a GPU."""
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True
+    return torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def extension():
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    sources = ["csrc/torch_bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc/include")], extra_link_args=["-fopenmp"])
+    if not want_cuda():
+        return CppExtension("specdec_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    # Ampere and Hopper; sm_90a enables wgmma/setmaxnreg-class instructions.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    return CUDAExtension(
+        "specdec_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DSPECDEC_WITH_CUDA"], "nvcc": nvcc}, **kwargs
+    )
+
+
+setup(
+    packages=find_packages("python"),
+    package_dir={"": "python"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
