@@ -11,11 +11,14 @@
 namespace specdec::cpu {
 namespace {
 
-constexpr int64_t kTileN = 16, kTilesPerStep = 2;
+constexpr int64_t kTileN = 16;
+// Row padding (floats) of the x and y work buffers: row strides that are multiples of 4 KiB make
+// the rows of a register block collide in the same L1 sets.
+constexpr int64_t kRowPad = 16;
 
 int64_t padded_tiles(int64_t n) {
   const int64_t tiles = (n + kTileN - 1) / kTileN;
-  return (tiles + kTilesPerStep - 1) / kTilesPerStep * kTilesPerStep;
+  return (tiles + kTileQuantum - 1) / kTileQuantum * kTileQuantum;
 }
 
 // [N, C] -> [tiles, C, 16]: column-tiles of 16 output rows, zero-padded past N.
@@ -25,11 +28,28 @@ at::Tensor to_tiles(const at::Tensor& t, int64_t tiles) {
   return padded.view({tiles, kTileN, t.size(1)}).transpose(1, 2).contiguous();
 }
 
+// Per-row, per-group sums of x in ascending k: a fixed order, so a row's sums never depend on M.
+at::Tensor group_sums(const at::Tensor& x32, int64_t group_size) {
+  const int64_t M = x32.size(0), K = x32.size(1), groups = K / group_size, ldx = x32.stride(0);
+  at::Tensor xsum = at::empty({M, groups}, x32.options());
+  const float* x = x32.data_ptr<float>();
+  float* out = xsum.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      float sum = 0.f;
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) sum += x[m * ldx + k];
+      out[m * groups + g] = sum;
+    }
+  return xsum;
+}
+
 std::vector<at::Tensor> w4a16_prepack_cpu(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
                                           int64_t group_size) {
   check_canonical_w4(qweight, scales, mins, group_size);
   const int64_t tiles = padded_tiles(qweight.size(0));
-  return {to_tiles(qweight, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
+  // Little-endian: 4 canonical bytes of a row form one word whose nibble i is k = 8b + i.
+  const at::Tensor words = qweight.contiguous().view(at::kInt);
+  return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
 }
 
 at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
@@ -39,15 +59,15 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
               "x must be float32, bfloat16 or float16, got ", x.scalar_type());
   SPECDEC_CHECK_DIM(packed_qweight, 3);
-  SPECDEC_CHECK_DTYPE(packed_qweight, at::kByte);
+  SPECDEC_CHECK_DTYPE(packed_qweight, at::kInt);
   SPECDEC_CHECK_DTYPE(packed_scales, at::kFloat);
   SPECDEC_CHECK_DTYPE(packed_mins, at::kFloat);
   SPECDEC_CHECK_CONTIGUOUS(packed_qweight);
   SPECDEC_CHECK_CONTIGUOUS(packed_scales);
   SPECDEC_CHECK_CONTIGUOUS(packed_mins);
-  const int64_t tiles = packed_qweight.size(0), K = packed_qweight.size(1) * 2;
-  TORCH_CHECK(packed_qweight.size(2) == kTileN && tiles % kTilesPerStep == 0,
-              "packed_qweight is not in the CPU layout [tiles, K/2, 16] (did you call w4a16_prepack on CPU?), got ",
+  const int64_t tiles = packed_qweight.size(0), K = packed_qweight.size(1) * 8;
+  TORCH_CHECK(packed_qweight.size(2) == kTileN && tiles % kTileQuantum == 0,
+              "packed_qweight is not in the CPU layout [tiles, K/8, 16] (did you call w4a16_prepack on CPU?), got ",
               packed_qweight.sizes());
   SPECDEC_CHECK_SIZE(x, 1, K);
   TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
@@ -55,17 +75,19 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   TORCH_CHECK(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
               packed_scales.sizes());
   TORCH_CHECK(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ", packed_mins.sizes());
-  TORCH_CHECK(out_features > (tiles - kTilesPerStep) * kTileN && out_features <= tiles * kTileN,
+  TORCH_CHECK(out_features > (tiles - kTileQuantum) * kTileN && out_features <= tiles * kTileN,
               "out_features ", out_features, " does not match packed_qweight with ", tiles, " tiles");
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
 
-  const at::Tensor x32 = x.to(at::kFloat).contiguous();
   const int64_t M = x.size(0);
-  at::Tensor y = at::empty({M, tiles * kTileN}, x.options().dtype(at::kFloat));
+  const at::Tensor x32 = at::empty({M, K + kRowPad}, x.options().dtype(at::kFloat)).narrow(1, 0, K).copy_(x);
+  at::Tensor y = at::zeros({M, tiles * kTileN + kRowPad}, x.options().dtype(at::kFloat));
   if (M == 0) return y.narrow(1, 0, out_features).to(x.scalar_type());
-  const W4A16Args args{x32.data_ptr<float>(), (int)M, (int)K, (int)group_size,
-                       packed_qweight.data_ptr<uint8_t>(), packed_scales.data_ptr<float>(),
-                       packed_mins.data_ptr<float>(), y.data_ptr<float>(), tiles * kTileN};
+  const at::Tensor xsum = group_sums(x32, group_size);
+  const W4A16Args args{x32.data_ptr<float>(), x32.stride(0), xsum.data_ptr<float>(), (int)M, (int)K, (int)group_size,
+                       reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
+                       packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), y.data_ptr<float>(),
+                       y.stride(0)};
   const auto run = [&]() {
     switch (chosen_isa()) {
       case Isa::kAvx512: return avx512::w4a16_gemm_tiles;
@@ -73,11 +95,11 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
       default: return generic::w4a16_gemm_tiles;
     }
   }();
-  const int64_t pairs = tiles / kTilesPerStep;
+  const int64_t quanta = tiles / kTileQuantum;
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t begin = pairs * id / threads, end = pairs * (id + 1) / threads;
+    const int64_t begin = quanta * id / threads * kTileQuantum, end = quanta * (id + 1) / threads * kTileQuantum;
     if (begin < end) run(args, begin, end);
   }
   return y.narrow(1, 0, out_features).to(x.scalar_type()).contiguous();

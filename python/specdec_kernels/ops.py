@@ -22,8 +22,8 @@ def prepacked_shapes(device_type: str, n: int, k: int, group_size: int):
     if device_type == "cuda":
         n_pad = _round_up(n, CUDA_TILE_N)
         return [(k // 16, 2 * n_pad), (k // group_size, n_pad), (k // group_size, n_pad)]
-    tiles = _round_up(n, CPU_TILE_N) // CPU_TILE_N
-    return [(tiles, k // 2, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N)]
+    tiles = _round_up(n, 4 * CPU_TILE_N) // CPU_TILE_N  # tiles go in fours
+    return [(tiles, k // 8, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N), (tiles, k // group_size, CPU_TILE_N)]
 
 
 # ---------------------------------------------------------------- W4A16
@@ -41,7 +41,7 @@ def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, o
 def _w4a16_prepack_fake(qweight, scales, mins, group_size):
     n, k = qweight.shape[0], qweight.shape[1] * 2
     (qs, ss, ms) = prepacked_shapes(qweight.device.type, n, k, group_size)
-    q_dtype = torch.int32 if qweight.device.type == "cuda" else torch.uint8
+    q_dtype = torch.int32
     s_dtype = scales.dtype if qweight.device.type == "cuda" else torch.float32
     return [qweight.new_empty(qs, dtype=q_dtype), scales.new_empty(ss, dtype=s_dtype), mins.new_empty(ms, dtype=s_dtype)]
 
