@@ -9,9 +9,6 @@ namespace specdec::cpu::avx512 {
 constexpr int kRowBlock = 8, kTilesPerStep = 2;  // 16 zmm accumulators
 constexpr bool kFastPermute = true;  // vpermps: a nibble indexes a 16-float table in one op
 #include "w4a16_kernel.inc"
-void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {  // tiles [begin, end)
-  gemm_tiles(a.x, a.ldx, a.xsum, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin / kTilesPerStep, end / kTilesPerStep);
-}
 }  // namespace specdec::cpu::avx512
 #pragma GCC pop_options
 
@@ -21,9 +18,6 @@ namespace specdec::cpu::avx2 {
 constexpr int kRowBlock = 3, kTilesPerStep = 2;  // 3 x 2 x 2 ymm = 12 accumulators
 constexpr bool kFastPermute = false;
 #include "w4a16_kernel.inc"
-void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {  // tiles [begin, end)
-  gemm_tiles(a.x, a.ldx, a.xsum, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin / kTilesPerStep, end / kTilesPerStep);
-}
 }  // namespace specdec::cpu::avx2
 #pragma GCC pop_options
 
@@ -31,7 +25,4 @@ namespace specdec::cpu::generic {
 constexpr int kRowBlock = 2, kTilesPerStep = 2;
 constexpr bool kFastPermute = false;
 #include "w4a16_kernel.inc"
-void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end) {  // tiles [begin, end)
-  gemm_tiles(a.x, a.ldx, a.xsum, a.M, a.K, a.qpacked, a.scales, a.mins, a.group_size, a.y, a.ldy, begin / kTilesPerStep, end / kTilesPerStep);
-}
 }  // namespace specdec::cpu::generic
