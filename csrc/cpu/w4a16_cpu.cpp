@@ -15,6 +15,8 @@ constexpr int64_t kTileN = 16;
 // Row padding (floats) of the x and y work buffers: row strides that are multiples of 4 KiB make
 // the rows of a register block collide in the same L1 sets.
 constexpr int64_t kRowPad = 16;
+// Up to this many rows the padding does not pay for the copy it needs (small, latency-bound calls).
+constexpr int64_t kFewRows = 8;
 
 int64_t padded_tiles(int64_t n) {
   const int64_t tiles = (n + kTileN - 1) / kTileN;
@@ -80,9 +82,16 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
 
   const int64_t M = x.size(0);
-  const at::Tensor x32 = at::empty({M, K + kRowPad}, x.options().dtype(at::kFloat)).narrow(1, 0, K).copy_(x);
-  at::Tensor y = at::zeros({M, tiles * kTileN + kRowPad}, x.options().dtype(at::kFloat));
-  if (M == 0) return y.narrow(1, 0, out_features).to(x.scalar_type());
+  if (M == 0) return at::empty({0, out_features}, x.options());
+  // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
+  const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
+  const at::Tensor x32 = x_in_place ? x
+                                    : at::empty({M, K + kRowPad}, x.options().dtype(at::kFloat))
+                                          .narrow(1, 0, K)
+                                          .copy_(x);
+  // A float32 result without padded columns is written straight into the output.
+  const bool y_is_output = x.scalar_type() == at::kFloat && out_features == tiles * kTileN && M <= kFewRows;
+  at::Tensor y = at::zeros({M, tiles * kTileN + (y_is_output ? 0 : kRowPad)}, x.options().dtype(at::kFloat));
   const at::Tensor xsum = group_sums(x32, group_size);
   const W4A16Args args{x32.data_ptr<float>(), x32.stride(0), xsum.data_ptr<float>(), (int)M, (int)K, (int)group_size,
                        reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
@@ -102,7 +111,7 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
     const int64_t begin = quanta * id / threads * kTileQuantum, end = quanta * (id + 1) / threads * kTileQuantum;
     if (begin < end) run(args, begin, end);
   }
-  return y.narrow(1, 0, out_features).to(x.scalar_type()).contiguous();
+  return y_is_output ? y : y.narrow(1, 0, out_features).to(x.scalar_type()).contiguous();
 }
 
 }  // namespace
