@@ -1,0 +1,97 @@
+"""Shared benchmark helpers: timing, the machine's measured ceilings, tables, JSON and plots.
+
+The machine these run on is shared and noisy, so every benchmark interleaves the backends it compares
+(round-robin over repeats) and reports ratios measured side by side.
+"""
+import json
+import platform
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class CacheFlusher:
+    """Writes a buffer larger than the last-level cache, so that each timed call streams its weights
+    from memory as it would inside a model too large for the cache (and not from the previous call)."""
+
+    def __init__(self, device: torch.device, megabytes: int = 96):
+        self.buffer = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+
+    def __call__(self):
+        self.buffer.zero_()
+
+
+def time_interleaved(fns: Dict[str, Callable], repeats: int = 15, warmup: int = 3,
+                     device: torch.device = torch.device("cpu"), min_time_s: float = 0.0,
+                     flush: Optional[Callable] = None) -> Dict[str, float]:
+    """Median seconds of each fn, measured round-robin so that machine noise hits all of them alike;
+    `flush` (untimed) runs before every timed call."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples = {name: [] for name in fns}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            if flush is not None:
+                flush()
+                _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - t0)
+        done = len(next(iter(samples.values())))
+        if done >= repeats and time.perf_counter() - start >= min_time_s:
+            break
+    return {name: statistics.median(ts) for name, ts in samples.items()}
+
+
+def copy_bandwidth(device: torch.device = torch.device("cpu"), megabytes: int = 256) -> float:
+    """Measured memory bandwidth in bytes/s: a large tensor copy (read + write) that misses the caches."""
+    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    seconds = time_interleaved({"copy": lambda: dst.copy_(src)}, repeats=7, device=device)["copy"]
+    return 2 * src.numel() * 4 / seconds
+
+
+def matmul_peak(device: torch.device = torch.device("cpu"), dtype=torch.float32, size: int = 2048) -> float:
+    """Measured dense matmul throughput in FLOP/s (the compute ceiling for roofline fractions)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = time_interleaved({"mm": lambda: a @ b}, repeats=5, device=device)["mm"]
+    return 2 * size**3 / seconds
+
+
+def machine_info(device: torch.device) -> dict:
+    from specdec_kernels import _C
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+            "cpu": platform.processor() or platform.machine(), "cpu_isa": _C.cpu_isa()}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(rows, columns):
+    """rows: list of dicts; columns: list of (key, header, format)."""
+    cells = [[header for _, header, _ in columns]]
+    cells += [[("-" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for i, line in enumerate(cells):
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        if i == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def write_json(path: str, payload: dict):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    print(f"wrote {path}")
