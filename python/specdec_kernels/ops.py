@@ -49,4 +49,6 @@ def _w4a16_prepack_fake(qweight, scales, mins, group_size):
 @torch.library.register_fake("specdec::w4a16_gemm")
 def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, out_features):
     torch._check(x.dim() == 2, lambda: f"x must be 2-D [M, K], got {tuple(x.shape)}")
+    torch._check(x.device == packed_qweight.device,
+                 lambda: f"x and packed_qweight must be on the same device, got {x.device} and {packed_qweight.device}")
     return x.new_empty((x.shape[0], out_features))

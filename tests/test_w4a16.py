@@ -1,0 +1,195 @@
+import pytest
+import torch
+from conftest import TOLERANCES
+from w4a16_samples import ISAS, SAMPLES, cpu_isa, isa_supported, random_quantized
+
+from specdec_kernels import W4A16Linear, ops, quant, reference
+
+SUPPORTED_ISAS = [isa for isa in ISAS if isa_supported(isa)]
+
+
+def run_gemm(x, qw):
+    packed = ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, qw.group_size)
+    return ops.w4a16_gemm(x, *packed, qw.group_size, qw.shape[0])
+
+
+def assert_close_to_reference(y, x, qw):
+    expected = reference.w4a16_gemm(x, qw.qweight, qw.scales, qw.mins, qw.group_size)
+    atol, rtol = TOLERANCES[x.dtype]
+    # Outputs are sums of K products: scale the absolute tolerance by the output's magnitude.
+    scale = expected.double().abs().max().clamp(min=1.0).item()
+    torch.testing.assert_close(y.double(), expected.double(), atol=atol * scale, rtol=rtol)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("n,k,group_size,m", SAMPLES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_reference(isa, n, k, group_size, m, dtype):
+    qw = random_quantized(n, k, group_size)
+    x = torch.randn(m, k).to(dtype)
+    with cpu_isa(isa):
+        y = run_gemm(x, qw)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert_close_to_reference(y, x, qw)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_scale_dtypes(scale_dtype):
+    qw = random_quantized(77, 128, 32, scale_dtype=scale_dtype)
+    x = torch.randn(5, 128)
+    assert_close_to_reference(run_gemm(x, qw), x, qw)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_batch_invariance_bitwise(isa):
+    """Each row of a batched call equals that row computed alone, bit for bit (verification of T tokens
+    must give the logits of decoding them one by one)."""
+    qw = random_quantized(200, 512, 64)
+    x = torch.randn(37, 512)
+    with cpu_isa(isa):
+        batched = run_gemm(x, qw)
+        for m in (1, 5, 8, 9, 16):  # both the in-register and the unpacked-chunk paths
+            assert torch.equal(run_gemm(x[:m], qw), batched[:m])
+        for i in range(0, 37, 6):
+            assert torch.equal(run_gemm(x[i : i + 1], qw), batched[i : i + 1])
+
+
+def test_batch_invariance_check_can_fail():
+    """Negative control: the same comparison catches a one-ulp difference."""
+    qw = random_quantized(64, 128, 32)
+    x = torch.randn(4, 128)
+    batched = run_gemm(x, qw)
+    nudged = run_gemm(x[:1] * (1 + 2**-20), qw)
+    assert not torch.equal(nudged, batched[:1])
+
+
+def test_isa_paths_agree():
+    qw = random_quantized(100, 256, 128)
+    x = torch.randn(11, 256)
+    results = []
+    for isa in SUPPORTED_ISAS:
+        with cpu_isa(isa):
+            results.append(run_gemm(x, qw))
+    for y in results[1:]:
+        torch.testing.assert_close(y, results[0], atol=1e-4, rtol=1e-4)
+
+
+def test_empty_batch():
+    qw = random_quantized(32, 64, 32)
+    assert run_gemm(torch.randn(0, 64), qw).shape == (0, 32)
+
+
+def test_unknown_isa_is_an_error():
+    qw = random_quantized(32, 64, 32)
+    with cpu_isa("sse9"), pytest.raises(RuntimeError, match="SPECDEC_CPU_ISA must be"):
+        run_gemm(torch.randn(1, 64), qw)
+
+
+# ---------------------------------------------------------------- opcheck and torch.compile
+@pytest.mark.parametrize("n,k,group_size,m", SAMPLES[:4])
+def test_opcheck(n, k, group_size, m):
+    qw = random_quantized(n, k, group_size)
+    torch.library.opcheck(torch.ops.specdec.w4a16_prepack, (qw.qweight, qw.scales, qw.mins, group_size))
+    packed = ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, group_size)
+    torch.library.opcheck(torch.ops.specdec.w4a16_gemm, (torch.randn(m, k), *packed, group_size, n))
+
+
+def test_torch_compile_linear():
+    torch._dynamo.reset()
+    layer = W4A16Linear.from_linear(torch.nn.Linear(256, 96), group_size=64)
+    x = torch.randn(2, 7, 256)
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+
+
+# ---------------------------------------------------------------- W4A16Linear
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_matches_dequantized(dtype):
+    linear = torch.nn.Linear(128, 48)
+    layer = W4A16Linear.from_linear(linear, group_size=32)
+    x = torch.randn(3, 5, 128).to(dtype)
+    expected = x.double() @ quant.dequantize(quant.quantize_rtn(linear.weight, 32)).double().T + linear.bias.double()
+    y = layer(x)
+    assert y.shape == (3, 5, 48) and y.dtype == dtype
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol * 4, rtol=rtol)
+
+
+def test_linear_state_dict_and_to():
+    layer = W4A16Linear.from_quantized(random_quantized(40, 64, 32), bias=torch.randn(40))
+    clone = W4A16Linear.from_quantized(random_quantized(40, 64, 32, seed=1), bias=torch.zeros(40))
+    clone.load_state_dict(layer.state_dict())
+    clone = clone.to("cpu")  # re-prepacks from the loaded canonical buffers
+    x = torch.randn(2, 64)
+    assert torch.equal(clone(x), layer(x))
+
+
+def test_linear_rejects_wrong_width():
+    layer = W4A16Linear.from_quantized(random_quantized(40, 64, 32))
+    with pytest.raises(ValueError, match="in_features = 64"):
+        layer(torch.randn(2, 65))
+
+
+# ---------------------------------------------------------------- bad inputs
+def _packed(n=32, k=64, group_size=32):
+    qw = random_quantized(n, k, group_size)
+    return qw, ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, group_size)
+
+
+def test_bad_group_size():
+    qw = random_quantized(32, 64, 32)
+    with pytest.raises(RuntimeError, match="group_size must be 32, 64 or 128"):
+        ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, 16)
+
+
+def test_k_not_multiple_of_group():
+    with pytest.raises(RuntimeError, match="multiple of group_size"):
+        ops.w4a16_prepack(torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 1), torch.zeros(8, 1), 64)
+
+
+def test_qweight_dtype():
+    qw = random_quantized(32, 64, 32)
+    with pytest.raises(RuntimeError, match="qweight must be Byte"):
+        ops.w4a16_prepack(qw.qweight.int(), qw.scales, qw.mins, 32)
+
+
+def test_scales_shape():
+    qw = random_quantized(32, 64, 32)
+    with pytest.raises(RuntimeError, match=r"scales.size\(1\) must be 2"):
+        ops.w4a16_prepack(qw.qweight, qw.scales[:, :1], qw.mins[:, :1], 32)
+
+
+def test_x_wrong_k():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match=r"x.size\(1\) must be 64"):
+        ops.w4a16_gemm(torch.randn(2, 32), *packed, 32, 32)
+
+
+def test_x_integer_dtype():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
+        ops.w4a16_gemm(torch.ones(2, 64, dtype=torch.int32), *packed, 32, 32)
+
+
+def test_x_three_dims_to_raw_op():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match="x must have 2 dims"):
+        ops.w4a16_gemm(torch.randn(1, 2, 64), *packed, 32, 32)
+
+
+def test_canonical_weights_are_not_a_packed_layout():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match="packed_qweight must have 3 dims"):
+        ops.w4a16_gemm(torch.randn(2, 64), qw.qweight, *packed[1:], 32, 32)
+
+
+def test_out_features_mismatch():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match="out_features 500 does not match"):
+        ops.w4a16_gemm(torch.randn(2, 64), *packed, 32, 500)
+
+
+def test_device_mismatch():
+    qw, packed = _packed()
+    with pytest.raises(RuntimeError, match="same device"):
+        ops.w4a16_gemm(torch.randn(2, 64, device="meta"), *packed, 32, 32)

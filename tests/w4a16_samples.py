@@ -1,0 +1,42 @@
+"""The one list of W4A16 sample problems, shared by the reference checks, opcheck and torch.compile tests."""
+import os
+from contextlib import contextmanager
+
+import torch
+
+from specdec_kernels import _C, quant
+
+# (N, K, group_size, M): odd N, tile boundaries (16/64 columns), every group size.
+SAMPLES = [(19, 64, 32, 1), (111, 256, 64, 3), (64, 128, 128, 16), (989, 384, 128, 64), (65, 96, 32, 127),
+           (128, 512, 64, 9), (48, 128, 32, 8)]
+ISAS = ("avx512", "avx2", "generic")
+
+
+@contextmanager
+def cpu_isa(name: str):
+    """Force a CPU kernel path for the duration (the kernels read SPECDEC_CPU_ISA on every call)."""
+    old = os.environ.get("SPECDEC_CPU_ISA")
+    os.environ["SPECDEC_CPU_ISA"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SPECDEC_CPU_ISA"]
+        else:
+            os.environ["SPECDEC_CPU_ISA"] = old
+
+
+def isa_supported(name: str) -> bool:
+    with cpu_isa(name):
+        try:
+            return _C.cpu_isa() == name
+        except RuntimeError:
+            return False
+
+
+def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // group_size, generator=g) * 0.02 + 0.001).to(scale_dtype)
+    mins = (torch.randn(n, k // group_size, generator=g) * 0.05).to(scale_dtype)
+    return quant.QuantizedWeight(qweight, scales, mins, group_size)
