@@ -89,7 +89,7 @@ def gguf_q4_to_canonical(raw: np.ndarray, qtype_name: str) -> QuantizedWeight:
     """
     header = {"Q4_0": 2, "Q4_1": 4}[qtype_name]
     n = raw.shape[0]
-    blocks = torch.from_numpy(np.ascontiguousarray(raw)).reshape(n, -1, header + 16)
+    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, header + 16)
     d = blocks[..., 0:2].contiguous().view(torch.float16)[..., 0]
     mins = blocks[..., 2:4].contiguous().view(torch.float16)[..., 0] if qtype_name == "Q4_1" else -8 * d
     qs = blocks[..., header:]
