@@ -1,0 +1,108 @@
+// CUDA backend of w4a16_prepack / w4a16_gemm: argument checks, the fragment-order prepack (ATen ops
+// on the device, once per weight), dtype dispatch and the launch of w4a16_kernel.cuh.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "specdec/checks.h"
+#include "w4a16_kernel.cuh"
+
+namespace specdec::cuda {
+namespace {
+
+// Canonical uint8 [N, K/2] -> int32 [K/16, N_pad/16 * 32] in the fragment order drawn in
+// w4a16_kernel.cuh: word (k16, p, lane = 4g + t) has nibble e*4 + j*2 + h = q[p*16 + j*8 + g][k16*16 + h*8 + 2t + e].
+at::Tensor pack_fragments(const at::Tensor& qweight, int64_t n_pad) {
+  const int64_t n = qweight.size(0), k = qweight.size(1) * 2;
+  at::Tensor q = at::stack({qweight.bitwise_and(15), qweight.bitwise_right_shift(4)}, -1).reshape({n, k});
+  q = at::constant_pad_nd(q, {0, 0, 0, n_pad - n}, 0).to(at::kLong);
+  // B[k][n] = q[n][k], viewed as [k16, h, t, e, p, j, g].
+  at::Tensor b = q.t().reshape({k / 16, 2, 4, 2, n_pad / 16, 2, 8});
+  at::Tensor nibbles = b.permute({0, 4, 6, 2, 3, 5, 1}).reshape({k / 16, n_pad / 16, 32, 8});  // [.., e, j, h]
+  at::Tensor shifts = at::arange(0, 32, 4, q.options());
+  at::Tensor words = nibbles.bitwise_left_shift(shifts).sum(-1);  // < 2^32, exact in int64
+  words = at::where(words >= (int64_t{1} << 31), words - (int64_t{1} << 32), words);  // two's complement
+  return words.to(at::kInt).reshape({k / 16, n_pad / 16 * 32}).contiguous();
+}
+
+std::vector<at::Tensor> w4a16_prepack_cuda(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
+                                           int64_t group_size) {
+  check_canonical_w4(qweight, scales, mins, group_size);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  const int64_t n = qweight.size(0), n_pad = (n + kBlockN - 1) / kBlockN * kBlockN;
+  auto columns = [&](const at::Tensor& t) {  // [N, K/G] -> [K/G, N_pad]
+    return at::constant_pad_nd(t, {0, 0, 0, n_pad - n}, 0).t().contiguous();
+  };
+  return {pack_fragments(qweight, n_pad), columns(scales), columns(mins)};
+}
+
+template <class T, int M_TILES>
+void launch(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins,
+            at::Tensor& y, int64_t group_size, int64_t n_pad) {
+  const int M = x.size(0), N = y.size(1), K = x.size(1);
+  const dim3 grid(n_pad / kBlockN, (M + 16 * M_TILES - 1) / (16 * M_TILES));
+  w4a16_gemm_kernel<T, M_TILES><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()),
+      reinterpret_cast<const T*>(scales.data_ptr()), reinterpret_cast<const T*>(mins.data_ptr()),
+      reinterpret_cast<T*>(y.data_ptr()), M, N, K, (int)n_pad, (int)group_size);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// One m16 tile per 16 rows, up to 4 (64 rows) per block; larger M spreads over more blocks.
+template <class T>
+void launch_for_m(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins,
+                  at::Tensor& y, int64_t group_size, int64_t n_pad) {
+  const int64_t M = x.size(0);
+  if (M <= 16) return launch<T, 1>(x, packed, scales, mins, y, group_size, n_pad);
+  if (M <= 32) return launch<T, 2>(x, packed, scales, mins, y, group_size, n_pad);
+  launch<T, 4>(x, packed, scales, mins, y, group_size, n_pad);
+}
+
+at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+  check_group_size(group_size);
+  SPECDEC_CHECK_DIM(x, 2);
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              "x must be float16 or bfloat16 on CUDA, got ", x.scalar_type());
+  SPECDEC_CHECK_DIM(packed_qweight, 2);
+  SPECDEC_CHECK_DTYPE(packed_qweight, at::kInt);
+  SPECDEC_CHECK_CONTIGUOUS(packed_qweight);
+  SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
+  SPECDEC_CHECK_SAME_DEVICE(x, packed_scales);
+  SPECDEC_CHECK_SAME_DEVICE(x, packed_mins);
+  const int64_t K = packed_qweight.size(0) * 16, n_pad = packed_qweight.size(1) / 2;
+  TORCH_CHECK(n_pad % kBlockN == 0, "packed_qweight is not in the CUDA layout [K/16, 2 * N_pad] (did you call ",
+              "w4a16_prepack on CUDA?), got ", packed_qweight.sizes());
+  SPECDEC_CHECK_SIZE(x, 1, K);
+  TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
+  const std::vector<int64_t> s_shape{K / group_size, n_pad};
+  TORCH_CHECK(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
+              packed_scales.sizes());
+  TORCH_CHECK(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ", packed_mins.sizes());
+  TORCH_CHECK(out_features > n_pad - kBlockN && out_features <= n_pad, "out_features ", out_features,
+              " does not match packed_qweight (N padded to ", n_pad, ")");
+  const c10::cuda::CUDAGuard guard(x.device());
+
+  // 16-byte cp.async needs aligned rows: K is a multiple of 32, so a contiguous x qualifies.
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor scales = packed_scales.to(x.scalar_type()).contiguous();
+  const at::Tensor mins = packed_mins.to(x.scalar_type()).contiguous();
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  if (x.size(0) == 0) return y;
+  if (x.scalar_type() == at::kHalf)
+    launch_for_m<__half>(xc, packed_qweight, scales, mins, y, group_size, n_pad);
+  else
+    launch_for_m<__nv_bfloat16>(xc, packed_qweight, scales, mins, y, group_size, n_pad);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
+  m.impl("w4a16_prepack", &w4a16_prepack_cuda);
+  m.impl("w4a16_gemm", &w4a16_gemm_cuda);
+}
+
+}  // namespace specdec::cuda
