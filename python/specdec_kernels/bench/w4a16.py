@@ -9,6 +9,7 @@ SHAPES = [(4096, 4096, 128), (11008, 4096, 128), (4096, 11008, 128), (1536, 576,
           (49152, 576, 32)]
 BATCH = [1, 4, 16, 32, 64, 128]
 QUICK_SHAPES, QUICK_BATCH = [(4096, 4096, 128), (1536, 576, 32)], [1, 16, 64]
+GPU_SHAPES = [(8192, 8192, 128), (28672, 8192, 128)] + SHAPES[:3]  # H100-sized first
 
 
 def add_arguments(parser):
@@ -97,6 +98,8 @@ def plot(rows, path):
 def run(args):
     device = torch.device(args.device)
     shapes, batch = (QUICK_SHAPES, QUICK_BATCH) if args.quick else (SHAPES, BATCH)
+    if device.type == "cuda" and not args.quick:
+        shapes = GPU_SHAPES
     bandwidth, peak = copy_bandwidth(device), matmul_peak(device)
     info = machine_info(device)
     print(f"# W4A16 GEMM on {info.get('device_name', info['cpu'])} ({info['cpu_isa']}, {info['threads']} threads); "
