@@ -52,3 +52,49 @@ def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, 
     torch._check(x.device == packed_qweight.device,
                  lambda: f"x and packed_qweight must be on the same device, got {x.device} and {packed_qweight.device}")
     return x.new_empty((x.shape[0], out_features))
+
+
+# ---------------------------------------------------------------- tree verification and KV compaction
+def tree_verify_greedy(tokens, parents, logits):
+    """-> (accept_idx int64 [B, T] padded with -1, accept_len int64 [B] counting the root, bonus int64 [B])."""
+    return _ops.tree_verify_greedy(tokens, parents, logits)
+
+
+def tree_verify_sample(tokens, parents, logits, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                       draft_probs=None, uniforms=None, generator=None):
+    """Lossless recursive rejection sampling over the tree (see reference.tree_verify_sample).
+
+    temperature 0 means greedy. Randomness: uniforms float32 [B, T + 1] (uniforms[b, i] decides node i,
+    uniforms[b, T] samples the bonus), drawn from `generator` when not given.
+    """
+    if temperature == 0:
+        return tree_verify_greedy(tokens, parents, logits)
+    if uniforms is None:
+        uniforms = torch.rand(tokens.shape[0], tokens.shape[1] + 1, generator=generator, device=tokens.device)
+    return _ops.tree_verify_sample(tokens, parents, logits, uniforms, float(temperature), float(top_p), int(top_k),
+                                   draft_probs)
+
+
+def kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len) -> None:
+    """In place: keep the accepted entries at [cache_lens, cache_lens + accept_len), advance cache_lens."""
+    _ops.kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len)
+
+
+def _verdict_fake(tokens):
+    batch, t = tokens.shape
+    return tokens.new_empty((batch, t)), tokens.new_empty((batch,)), tokens.new_empty((batch,))
+
+
+@torch.library.register_fake("specdec::tree_verify_greedy")
+def _tree_verify_greedy_fake(tokens, parents, logits):
+    return _verdict_fake(tokens)
+
+
+@torch.library.register_fake("specdec::tree_verify_sample")
+def _tree_verify_sample_fake(tokens, parents, logits, uniforms, temperature, top_p, top_k, draft_probs):
+    return _verdict_fake(tokens)
+
+
+@torch.library.register_fake("specdec::kv_compact")
+def _kv_compact_fake(k_cache, v_cache, cache_lens, accept_idx, accept_len):
+    return None

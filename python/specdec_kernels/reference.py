@@ -28,3 +28,145 @@ def w4a16_gemm(x, qweight, scales, mins, group_size: int) -> torch.Tensor:
     """y = x @ W.T computed in float64 (the oracle), returned in x's dtype. x: [..., K] -> [..., N]."""
     w = dequantize_w4(qweight, scales, mins, group_size).double()
     return (x.double() @ w.T).to(x.dtype)
+
+
+# ---------------------------------------------------------------- trees (DESIGN 3.2, 3.3, 4.3)
+def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
+    """bool [B, T, T]: [b, i, j] iff node j is an ancestor-or-self of node i (padding nodes: only self)."""
+    batch, t = parents.shape
+    mask = torch.eye(t, dtype=torch.bool).repeat(batch, 1, 1)
+    for i in range(1, t):
+        for b in range(batch):
+            parent = int(parents[b, i])
+            if parent >= 0:
+                mask[b, i] |= mask[b, parent]
+    return mask
+
+
+def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
+    """Attention of T new tokens (K/V already at [cache_len, cache_len + T)) over the cache, in float64.
+
+    Row i sees every cached position and the new tokens its mask row allows (causal when tree_mask is None).
+    """
+    batch, t, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    scale = d**-0.5 if scale is None else scale
+    out = torch.empty(batch, t, hq, d, dtype=torch.float64)
+    for b in range(batch):
+        length = int(cache_lens[b])
+        if tree_mask is None:
+            new_visible = torch.ones(t, t, dtype=torch.bool).tril()
+        else:
+            bits = torch.arange(t)
+            new_visible = ((tree_mask[b][:, bits // 64] >> (bits % 64)) & 1).bool()
+        visible = torch.cat([torch.ones(t, length, dtype=torch.bool), new_visible], dim=1)  # [T, L + T]
+        keys = k_cache[b, : length + t].double().repeat_interleave(hq // hkv, dim=1)  # [L + T, Hq, D]
+        values = v_cache[b, : length + t].double().repeat_interleave(hq // hkv, dim=1)
+        scores = torch.einsum("thd,shd->hts", q[b].double(), keys) * scale
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[b] = torch.einsum("hts,shd->thd", scores.softmax(-1), values)
+    return out.to(q.dtype)
+
+
+def _children(parents_row, node):
+    return [j for j in range(len(parents_row)) if int(parents_row[j]) == node]
+
+
+def tree_verify_greedy(tokens, parents, logits):
+    """Walk from the root: move to the child whose token is the argmax of the target at the current node."""
+    batch, t = tokens.shape
+    accept_idx = torch.full((batch, t), -1, dtype=torch.long)
+    accept_len = torch.zeros(batch, dtype=torch.long)
+    bonus = torch.zeros(batch, dtype=torch.long)
+    for b in range(batch):
+        path, node = [0], 0
+        while True:
+            target = int(torch.argmax(logits[b, node]))
+            nxt = next((c for c in _children(parents[b], node) if int(tokens[b, c]) == target), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+            node = nxt
+        accept_idx[b, : len(path)] = torch.tensor(path)
+        accept_len[b], bonus[b] = len(path), target
+    return accept_idx, accept_len, bonus
+
+
+def target_probs(logits_row, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """float32 p = softmax(logits / temperature), then top-k (the k largest, ties at the k-th kept), then top-p
+    (the largest tokens while the mass before them is < top_p; ties at the cut kept), renormalised."""
+    p = torch.softmax(logits_row.float() / temperature, dim=-1)
+    if top_k > 0:
+        kth = torch.topk(p, min(top_k, p.numel())).values[-1]
+        p = torch.where(p >= kth, p, torch.zeros_like(p))
+    if top_p < 1.0:
+        sorted_p = torch.sort(p, descending=True).values
+        before = torch.cumsum(sorted_p.double(), 0) - sorted_p.double()  # mass strictly before each rank
+        cutoff = sorted_p[before < top_p * float(p.sum())][-1]  # smallest kept value; ties are kept too
+        p = torch.where(p >= cutoff, p, torch.zeros_like(p))
+    return p / p.sum()
+
+
+def sample_from(p: torch.Tensor, u: float) -> int:
+    """Inverse CDF: the first token whose cumulative mass exceeds u * total (never a zero-mass token)."""
+    cdf = torch.cumsum(p.double(), 0)
+    index = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64), right=True))
+    index = min(index, p.numel() - 1)
+    while p[index] == 0:  # u * total landed exactly on a boundary or past the last nonzero token
+        index -= 1
+    return index
+
+
+def tree_verify_sample(tokens, parents, logits, uniforms, temperature, top_p=1.0, top_k=0, draft_probs=None):
+    """Lossless recursive rejection sampling over the tree.
+
+    Children of the current node are tried in index order; uniforms[b, i] decides node i, uniforms[b, T]
+    samples the bonus. Deterministic drafts (draft_probs None): accept x with probability p(x), else p(x) = 0
+    and renormalise. Sampled drafts: the children of node j were drawn independently from
+    q = draft_probs[b, j]; accept with min(1, p(x) / q(x)), else p = norm(max(p - q, 0)).
+    """
+    batch, t = tokens.shape
+    accept_idx = torch.full((batch, t), -1, dtype=torch.long)
+    accept_len = torch.zeros(batch, dtype=torch.long)
+    bonus = torch.zeros(batch, dtype=torch.long)
+    for b in range(batch):
+        path, node = [0], 0
+        while True:
+            p = target_probs(logits[b, node], temperature, top_p, top_k)
+            q = None if draft_probs is None else draft_probs[b, node].float()
+            accepted = None
+            for child in _children(parents[b], node):
+                x, u = int(tokens[b, child]), float(uniforms[b, child])
+                if q is None:
+                    if u < float(p[x]):
+                        accepted = child
+                        break
+                    p[x] = 0.0
+                else:
+                    if float(p[x]) > 0 and u * float(q[x]) < float(p[x]):
+                        accepted = child
+                        break
+                    p = torch.clamp(p - q, min=0.0)
+                p = p / p.sum()
+            if accepted is None:
+                break
+            path.append(accepted)
+            node = accepted
+        accept_idx[b, : len(path)] = torch.tensor(path)
+        accept_len[b] = len(path)
+        bonus[b] = sample_from(p, float(uniforms[b, t]))
+    return accept_idx, accept_len, bonus
+
+
+def kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len):
+    """In place: entry cache_len + accept_idx[b, i] moves to cache_len + i; cache_lens += accept_len.
+    Caches are [B, S, H, D] or stacked [L, B, S, H, D]."""
+    for b in range(cache_lens.shape[0]):
+        start, n = int(cache_lens[b]), int(accept_len[b])
+        src = start + accept_idx[b, :n]
+        for cache in (k_cache, v_cache):
+            if cache.dim() == 5:
+                cache[:, b, start : start + n] = cache[:, b, src].clone()
+            else:
+                cache[b, start : start + n] = cache[b, src].clone()
+        cache_lens[b] += n

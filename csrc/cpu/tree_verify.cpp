@@ -1,0 +1,266 @@
+// CPU tree verification (DESIGN 4.3): walk each tree from the root, reducing only the rows of the nodes
+// visited (<= depth + 1 of the T rows), in float32, batch rows in parallel.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "specdec/tree_checks.h"
+
+namespace specdec::cpu {
+namespace {
+
+typedef float vfloat __attribute__((vector_size(64)));
+typedef int vint __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+// exp for x <= 0 (softmax after subtracting the max): 2^n * P(r), |r| <= ln2 / 2, degree-6 polynomial
+// (relative error ~2e-7); below -87 (or -inf) it is exactly 0, so masked tokens get no mass.
+vfloat exp_nonpositive(vfloat x) {
+  const vfloat clamped = x < -87.0f ? vfloat{} - 87.0f : x;
+  const vfloat t = clamped * 1.44269504f + 12582912.0f;  // round-to-nearest of x * log2(e), via 1.5 * 2^23
+  const vfloat n = t - 12582912.0f;
+  const vfloat r = clamped - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln2, ln2 in two parts
+  vfloat p = 1.0f / 720 + vfloat{};
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = p * r + c;
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vfloat scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.0f ? vfloat{} : p * scale;
+}
+
+// One vocabulary row as float32 in a buffer padded to whole vectors (padding = -inf).
+template <class scalar_t>
+void load_row(const scalar_t* src, int64_t V, float inv_temperature, std::vector<float>& row) {
+  row.assign((V + kLanes - 1) / kLanes * kLanes, -INFINITY);
+  for (int64_t v = 0; v < V; ++v) row[v] = static_cast<float>(src[v]) * inv_temperature;
+}
+
+float row_max(const std::vector<float>& row) {
+  vfloat best = vfloat{} - INFINITY;
+  for (size_t v = 0; v < row.size(); v += kLanes) {
+    vfloat x;
+    std::memcpy(&x, row.data() + v, sizeof(x));
+    best = x > best ? x : best;
+  }
+  float m = -INFINITY;
+  for (int i = 0; i < kLanes; ++i) m = std::max(m, best[i]);
+  return m;
+}
+
+// First index of the maximum (ties -> lowest index, like torch.argmax).
+int64_t argmax_first(const std::vector<float>& row, int64_t V) {
+  const float m = row_max(row);
+  for (int64_t v = 0; v < V; ++v)
+    if (row[v] == m) return v;
+  return 0;  // all NaN: no maximum; the root's token is as good as any
+}
+
+double total_mass(const std::vector<float>& p, int64_t V) {
+  double sum = 0;
+  for (int64_t v = 0; v < V; ++v) sum += p[v];
+  return sum;
+}
+
+void normalize(std::vector<float>& p, int64_t V) {
+  const float total = static_cast<float>(total_mass(p, V));
+  for (int64_t v = 0; v < V; ++v) p[v] /= total;
+}
+
+// p = softmax(row), then top-k, then top-p, renormalised (reference.target_probs).
+void target_probs(std::vector<float>& p, int64_t V, int64_t top_k, double top_p, std::vector<float>& scratch) {
+  const float m = row_max(p);
+  for (size_t v = 0; v < p.size(); v += kLanes) {
+    vfloat x;
+    std::memcpy(&x, p.data() + v, sizeof(x));
+    x = exp_nonpositive(x - m);
+    std::memcpy(p.data() + v, &x, sizeof(x));
+  }
+  normalize(p, V);
+  if (top_k > 0 && top_k < V) {
+    scratch.assign(p.begin(), p.begin() + V);
+    std::nth_element(scratch.begin(), scratch.begin() + (top_k - 1), scratch.end(), std::greater<float>());
+    const float kth = scratch[top_k - 1];
+    for (int64_t v = 0; v < V; ++v)
+      if (p[v] < kth) p[v] = 0;
+  }
+  if (top_p < 1.0) {
+    scratch.clear();
+    for (int64_t v = 0; v < V; ++v)
+      if (p[v] > 0) scratch.push_back(p[v]);
+    std::sort(scratch.begin(), scratch.end(), std::greater<float>());
+    const double budget = top_p * total_mass(p, V);
+    double before = 0;
+    float cutoff = scratch.front();
+    for (const float value : scratch) {
+      if (before >= budget) break;
+      cutoff = value;
+      before += value;
+    }
+    for (int64_t v = 0; v < V; ++v)
+      if (p[v] < cutoff) p[v] = 0;
+  }
+  normalize(p, V);
+}
+
+// Inverse CDF in float64: the first token whose cumulative mass exceeds u * total, never a zero-mass one.
+int64_t sample_from(const std::vector<float>& p, int64_t V, double u) {
+  const double target = u * total_mass(p, V);
+  double cdf = 0;
+  int64_t last_nonzero = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    if (p[v] <= 0) continue;
+    cdf += p[v];
+    last_nonzero = v;
+    if (cdf > target) return v;
+  }
+  return last_nonzero;
+}
+
+// Greedy walk of every tree (rows in parallel): argmax only at the visited nodes.
+template <class scalar_t>
+void greedy_rows(const scalar_t* logits, const int64_t* tokens, const int64_t* parents, int64_t B, int64_t T,
+                 int64_t V, int64_t* idx, int64_t* len, int64_t* bonus) {
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<float> row;
+    int64_t node = 0, n = 0, target = 0;
+    while (true) {
+      idx[b * T + n++] = node;
+      load_row(logits + (b * T + node) * V, V, 1.0f, row);
+      target = argmax_first(row, V);
+      int64_t next = -1;
+      for (int64_t c = node + 1; c < T && next < 0; ++c)
+        if (parents[b * T + c] == node && tokens[b * T + c] == target) next = c;
+      if (next < 0) break;
+      node = next;
+    }
+    len[b] = n;
+    bonus[b] = target;
+  }
+}
+
+struct SampleParams {
+  float inv_temperature;
+  double top_p;
+  int64_t top_k;
+};
+
+// Recursive rejection sampling of every tree (rows in parallel); see reference.tree_verify_sample.
+template <class scalar_t>
+void sample_rows(const scalar_t* logits, const float* draft_probs, const float* uniforms, const int64_t* tokens,
+                 const int64_t* parents, int64_t B, int64_t T, int64_t V, const SampleParams& params, int64_t* idx,
+                 int64_t* len, int64_t* bonus) {
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<float> prob, scratch;
+    int64_t node = 0, n = 0;
+    while (true) {
+      idx[b * T + n++] = node;
+      load_row(logits + (b * T + node) * V, V, params.inv_temperature, prob);
+      target_probs(prob, V, params.top_k, params.top_p, scratch);
+      const float* draft = draft_probs != nullptr ? draft_probs + (b * T + node) * V : nullptr;
+      int64_t accepted = -1;
+      for (int64_t c = node + 1; c < T && accepted < 0; ++c) {
+        if (parents[b * T + c] != node) continue;
+        const int64_t x = tokens[b * T + c];
+        const float u = uniforms[b * (T + 1) + c];
+        if (draft == nullptr) {  // deterministic draft: accept with p(x), else remove x from p
+          if (u < prob[x]) accepted = c;
+          else prob[x] = 0;
+        } else {  // sampled draft: accept with min(1, p / q), else p <- max(p - q, 0)
+          if (prob[x] > 0 && u * draft[x] < prob[x]) accepted = c;
+          else
+            for (int64_t v = 0; v < V; ++v) prob[v] = std::max(prob[v] - draft[v], 0.0f);
+        }
+        if (accepted < 0) normalize(prob, V);
+      }
+      if (accepted < 0) break;
+      node = accepted;
+    }
+    len[b] = n;
+    bonus[b] = sample_from(prob, V, uniforms[b * (T + 1) + T]);
+  }
+}
+
+struct Verdict {
+  at::Tensor accept_idx, accept_len, bonus;
+  Verdict(int64_t B, int64_t T, const at::TensorOptions& options)
+      : accept_idx(at::full({B, T}, -1, options.dtype(at::kLong))),
+        accept_len(at::zeros({B}, options.dtype(at::kLong))),
+        bonus(at::zeros({B}, options.dtype(at::kLong))) {}
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {accept_idx, accept_len, bonus}; }
+};
+
+void check_token_range(const at::Tensor& tokens, int64_t V) {
+  TORCH_CHECK(tokens.numel() == 0 || (tokens.min().item<int64_t>() >= 0 && tokens.max().item<int64_t>() < V),
+              "tokens must be in [0, V = ", V, ")");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_greedy_cpu(const at::Tensor& tokens,
+                                                                       const at::Tensor& parents,
+                                                                       const at::Tensor& logits) {
+  const at::Tensor p = check_tree(tokens, parents);
+  check_tree_logits(logits, tokens);
+  const int64_t B = tokens.size(0), T = tokens.size(1), V = logits.size(2);
+  const at::Tensor tok = tokens.contiguous(), lg = logits.contiguous();
+  Verdict out(B, T, tokens.options());
+  const int64_t *tp = tok.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>();
+  int64_t *idx = out.accept_idx.data_ptr<int64_t>(), *len = out.accept_len.data_ptr<int64_t>(),
+          *bonus = out.bonus.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "tree_verify_greedy", [&] {
+    greedy_rows(lg.data_ptr<scalar_t>(), tp, pp, B, T, V, idx, len, bonus);
+  });
+  return out.tuple();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_sample_cpu(const at::Tensor& tokens,
+                                                                       const at::Tensor& parents,
+                                                                       const at::Tensor& logits,
+                                                                       const at::Tensor& uniforms, double temperature,
+                                                                       double top_p, int64_t top_k,
+                                                                       const std::optional<at::Tensor>& draft_probs) {
+  const at::Tensor p = check_tree(tokens, parents);
+  check_tree_logits(logits, tokens);
+  const int64_t B = tokens.size(0), T = tokens.size(1), V = logits.size(2);
+  TORCH_CHECK(temperature > 0, "temperature must be > 0 (use tree_verify_greedy for 0), got ", temperature);
+  TORCH_CHECK(top_p > 0 && top_p <= 1, "top_p must be in (0, 1], got ", top_p);
+  TORCH_CHECK(top_k >= 0, "top_k must be >= 0, got ", top_k);
+  SPECDEC_CHECK_DTYPE(uniforms, at::kFloat);
+  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(0) == B && uniforms.size(1) == T + 1,
+              "uniforms must be float32 [B, T + 1] = [", B, ", ", T + 1, "], got ", uniforms.sizes());
+  SPECDEC_CHECK_SAME_DEVICE(uniforms, tokens);
+  at::Tensor q;
+  if (draft_probs.has_value()) {
+    q = draft_probs->to(at::kFloat).contiguous();
+    TORCH_CHECK(q.sizes() == logits.sizes(), "draft_probs must have the shape of logits ", logits.sizes(), ", got ",
+                q.sizes());
+    SPECDEC_CHECK_SAME_DEVICE(q, tokens);
+  }
+  check_token_range(tokens, V);
+  const at::Tensor tok = tokens.contiguous(), lg = logits.contiguous(), un = uniforms.contiguous();
+  Verdict out(B, T, tokens.options());
+  const int64_t *tp = tok.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>();
+  const float* up = un.data_ptr<float>();
+  const float* qp = q.defined() ? q.data_ptr<float>() : nullptr;
+  int64_t *idx = out.accept_idx.data_ptr<int64_t>(), *len = out.accept_len.data_ptr<int64_t>(),
+          *bonus = out.bonus.data_ptr<int64_t>();
+  const SampleParams params{1.0f / static_cast<float>(temperature), top_p, top_k};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "tree_verify_sample", [&] {
+    sample_rows(lg.data_ptr<scalar_t>(), qp, up, tp, pp, B, T, V, params, idx, len, bonus);
+  });
+  return out.tuple();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("tree_verify_greedy", &tree_verify_greedy_cpu);
+  m.impl("tree_verify_sample", &tree_verify_sample_cpu);
+}
+
+}  // namespace specdec::cpu
