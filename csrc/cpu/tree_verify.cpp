@@ -14,24 +14,7 @@
 namespace specdec::cpu {
 namespace {
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef int vint __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-// exp for x <= 0 (softmax after subtracting the max): 2^n * P(r), |r| <= ln2 / 2, degree-6 polynomial
-// (relative error ~2e-7); below -87 (or -inf) it is exactly 0, so masked tokens get no mass.
-vfloat exp_nonpositive(vfloat x) {
-  const vfloat clamped = x < -87.0f ? vfloat{} - 87.0f : x;
-  const vfloat t = clamped * 1.44269504f + 12582912.0f;  // round-to-nearest of x * log2(e), via 1.5 * 2^23
-  const vfloat n = t - 12582912.0f;
-  const vfloat r = clamped - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln2, ln2 in two parts
-  vfloat p = 1.0f / 720 + vfloat{};
-  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = p * r + c;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? vfloat{} : p * scale;
-}
+#include "specdec/vec_math.inc"
 
 // One vocabulary row as float32 in a buffer padded to whole vectors (padding = -inf).
 template <class scalar_t>
@@ -43,13 +26,10 @@ void load_row(const scalar_t* src, int64_t V, float inv_temperature, std::vector
 float row_max(const std::vector<float>& row) {
   vfloat best = vfloat{} - INFINITY;
   for (size_t v = 0; v < row.size(); v += kLanes) {
-    vfloat x;
-    std::memcpy(&x, row.data() + v, sizeof(x));
+    const vfloat x = load_vfloat(row.data() + v);
     best = x > best ? x : best;
   }
-  float m = -INFINITY;
-  for (int i = 0; i < kLanes; ++i) m = std::max(m, best[i]);
-  return m;
+  return horizontal_max(best);
 }
 
 // First index of the maximum (ties -> lowest index, like torch.argmax).
@@ -74,12 +54,7 @@ void normalize(std::vector<float>& p, int64_t V) {
 // p = softmax(row), then top-k, then top-p, renormalised (reference.target_probs).
 void target_probs(std::vector<float>& p, int64_t V, int64_t top_k, double top_p, std::vector<float>& scratch) {
   const float m = row_max(p);
-  for (size_t v = 0; v < p.size(); v += kLanes) {
-    vfloat x;
-    std::memcpy(&x, p.data() + v, sizeof(x));
-    x = exp_nonpositive(x - m);
-    std::memcpy(p.data() + v, &x, sizeof(x));
-  }
+  for (size_t v = 0; v < p.size(); v += kLanes) store_vfloat(p.data() + v, exp_nonpositive(load_vfloat(p.data() + v) - m));
   normalize(p, V);
   if (top_k > 0 && top_k < V) {
     scratch.assign(p.begin(), p.begin() + V);

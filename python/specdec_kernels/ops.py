@@ -98,3 +98,17 @@ def _tree_verify_sample_fake(tokens, parents, logits, uniforms, temperature, top
 @torch.library.register_fake("specdec::kv_compact")
 def _kv_compact_fake(k_cache, v_cache, cache_lens, accept_idx, accept_len):
     return None
+
+
+# ---------------------------------------------------------------- tree attention
+def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
+    """q [B, T, Hq, D] over caches [B, S_max, Hkv, D] holding the new K/V at [cache_lens, cache_lens + T);
+    tree_mask int64 [B, T, ceil(T/64)] (tree.pack_tree_mask) or None for causal -> [B, T, Hq, D]."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _ops.tree_attention(q, k_cache, v_cache, cache_lens, tree_mask, scale)
+
+
+@torch.library.register_fake("specdec::tree_attention")
+def _tree_attention_fake(q, k_cache, v_cache, cache_lens, tree_mask, scale):
+    torch._check(q.dim() == 4, lambda: f"q must be [B, T, Hq, D], got {tuple(q.shape)}")
+    return torch.empty_like(q)
