@@ -10,65 +10,48 @@
 #include <vector>
 
 #include "specdec/tree_checks.h"
+#include "vocab_rows.h"
 
 namespace specdec::cpu {
 namespace {
 
-#include "specdec/vec_math.inc"
 
 // One vocabulary row as float32 in a buffer padded to whole vectors (padding = -inf).
 template <class scalar_t>
 void load_row(const scalar_t* src, int64_t V, float inv_temperature, std::vector<float>& row) {
-  row.assign((V + kLanes - 1) / kLanes * kLanes, -INFINITY);
-  for (int64_t v = 0; v < V; ++v) row[v] = static_cast<float>(src[v]) * inv_temperature;
-}
-
-float row_max(const std::vector<float>& row) {
-  vfloat best = vfloat{} - INFINITY;
-  for (size_t v = 0; v < row.size(); v += kLanes) {
-    const vfloat x = load_vfloat(row.data() + v);
-    best = x > best ? x : best;
-  }
-  return horizontal_max(best);
+  row.resize((V + kRowPadding - 1) / kRowPadding * kRowPadding);
+  float* dst = row.data();
+  for (int64_t v = 0; v < V; ++v) dst[v] = static_cast<float>(src[v]) * inv_temperature;
+  for (size_t v = V; v < row.size(); ++v) dst[v] = -INFINITY;
 }
 
 // First index of the maximum (ties -> lowest index, like torch.argmax).
-int64_t argmax_first(const std::vector<float>& row, int64_t V) {
-  const float m = row_max(row);
+int64_t argmax_first(const VocabRows& rows, const std::vector<float>& row, int64_t V) {
+  const float m = rows.max(row.data(), row.size());
   for (int64_t v = 0; v < V; ++v)
     if (row[v] == m) return v;
   return 0;  // all NaN: no maximum; the root's token is as good as any
 }
 
-double total_mass(const std::vector<float>& p, int64_t V) {
-  double sum = 0;
-  for (int64_t v = 0; v < V; ++v) sum += p[v];
-  return sum;
-}
-
-void normalize(std::vector<float>& p, int64_t V) {
-  const float total = static_cast<float>(total_mass(p, V));
-  for (int64_t v = 0; v < V; ++v) p[v] /= total;
-}
-
-// p = softmax(row), then top-k, then top-p, renormalised (reference.target_probs).
-void target_probs(std::vector<float>& p, int64_t V, int64_t top_k, double top_p, std::vector<float>& scratch) {
-  const float m = row_max(p);
-  for (size_t v = 0; v < p.size(); v += kLanes) store_vfloat(p.data() + v, exp_nonpositive(load_vfloat(p.data() + v) - m));
-  normalize(p, V);
+// p = exp(row - max) with top-k, then top-p applied, left unnormalised; returns its total mass
+// (reference.target_probs is p / total).
+float target_probs(const VocabRows& rows, std::vector<float>& p, int64_t V, int64_t top_k, double top_p,
+                   std::vector<float>& scratch) {
+  float total = rows.exp(p.data(), p.size(), rows.max(p.data(), p.size()));
   if (top_k > 0 && top_k < V) {
     scratch.assign(p.begin(), p.begin() + V);
     std::nth_element(scratch.begin(), scratch.begin() + (top_k - 1), scratch.end(), std::greater<float>());
     const float kth = scratch[top_k - 1];
     for (int64_t v = 0; v < V; ++v)
       if (p[v] < kth) p[v] = 0;
+    total = rows.sum(p.data(), p.size());
   }
   if (top_p < 1.0) {
     scratch.clear();
     for (int64_t v = 0; v < V; ++v)
       if (p[v] > 0) scratch.push_back(p[v]);
     std::sort(scratch.begin(), scratch.end(), std::greater<float>());
-    const double budget = top_p * total_mass(p, V);
+    const double budget = top_p * total;
     double before = 0;
     float cutoff = scratch.front();
     for (const float value : scratch) {
@@ -78,13 +61,14 @@ void target_probs(std::vector<float>& p, int64_t V, int64_t top_k, double top_p,
     }
     for (int64_t v = 0; v < V; ++v)
       if (p[v] < cutoff) p[v] = 0;
+    total = rows.sum(p.data(), p.size());
   }
-  normalize(p, V);
+  return total;
 }
 
-// Inverse CDF in float64: the first token whose cumulative mass exceeds u * total, never a zero-mass one.
-int64_t sample_from(const std::vector<float>& p, int64_t V, double u) {
-  const double target = u * total_mass(p, V);
+// Inverse CDF: the first token whose cumulative mass exceeds u * total, never a zero-mass one.
+int64_t sample_from(const std::vector<float>& p, int64_t V, float total, double u) {
+  const double target = u * total;
   double cdf = 0;
   int64_t last_nonzero = 0;
   for (int64_t v = 0; v < V; ++v) {
@@ -100,14 +84,15 @@ int64_t sample_from(const std::vector<float>& p, int64_t V, double u) {
 template <class scalar_t>
 void greedy_rows(const scalar_t* logits, const int64_t* tokens, const int64_t* parents, int64_t B, int64_t T,
                  int64_t V, int64_t* idx, int64_t* len, int64_t* bonus) {
-#pragma omp parallel for schedule(dynamic)
+  const VocabRows rows = vocab_rows();
+#pragma omp parallel for schedule(dynamic) if (B > 1)
   for (int64_t b = 0; b < B; ++b) {
     std::vector<float> row;
     int64_t node = 0, n = 0, target = 0;
     while (true) {
       idx[b * T + n++] = node;
       load_row(logits + (b * T + node) * V, V, 1.0f, row);
-      target = argmax_first(row, V);
+      target = argmax_first(rows, row, V);
       int64_t next = -1;
       for (int64_t c = node + 1; c < T && next < 0; ++c)
         if (parents[b * T + c] == node && tokens[b * T + c] == target) next = c;
@@ -130,14 +115,16 @@ template <class scalar_t>
 void sample_rows(const scalar_t* logits, const float* draft_probs, const float* uniforms, const int64_t* tokens,
                  const int64_t* parents, int64_t B, int64_t T, int64_t V, const SampleParams& params, int64_t* idx,
                  int64_t* len, int64_t* bonus) {
-#pragma omp parallel for schedule(dynamic)
+  const VocabRows rows = vocab_rows();
+#pragma omp parallel for schedule(dynamic) if (B > 1)
   for (int64_t b = 0; b < B; ++b) {
     std::vector<float> prob, scratch;
     int64_t node = 0, n = 0;
+    float total = 0;
     while (true) {
       idx[b * T + n++] = node;
       load_row(logits + (b * T + node) * V, V, params.inv_temperature, prob);
-      target_probs(prob, V, params.top_k, params.top_p, scratch);
+      total = target_probs(rows, prob, V, params.top_k, params.top_p, scratch);
       const float* draft = draft_probs != nullptr ? draft_probs + (b * T + node) * V : nullptr;
       int64_t accepted = -1;
       for (int64_t c = node + 1; c < T && accepted < 0; ++c) {
@@ -145,20 +132,24 @@ void sample_rows(const scalar_t* logits, const float* draft_probs, const float* 
         const int64_t x = tokens[b * T + c];
         const float u = uniforms[b * (T + 1) + c];
         if (draft == nullptr) {  // deterministic draft: accept with p(x), else remove x from p
-          if (u < prob[x]) accepted = c;
-          else prob[x] = 0;
+          if (u * total < prob[x]) accepted = c;
+          else {
+            total -= prob[x];
+            prob[x] = 0;
+          }
         } else {  // sampled draft: accept with min(1, p / q), else p <- max(p - q, 0)
-          if (prob[x] > 0 && u * draft[x] < prob[x]) accepted = c;
-          else
-            for (int64_t v = 0; v < V; ++v) prob[v] = std::max(prob[v] - draft[v], 0.0f);
+          if (prob[x] > 0 && u * draft[x] * total < prob[x]) accepted = c;
+          else {
+            for (int64_t v = 0; v < V; ++v) prob[v] = std::max(prob[v] / total - draft[v], 0.0f);
+            total = rows.sum(prob.data(), prob.size());
+          }
         }
-        if (accepted < 0) normalize(prob, V);
       }
       if (accepted < 0) break;
       node = accepted;
     }
     len[b] = n;
-    bonus[b] = sample_from(prob, V, uniforms[b * (T + 1) + T]);
+    bonus[b] = sample_from(prob, V, total, uniforms[b * (T + 1) + T]);
   }
 }
 
