@@ -90,8 +90,16 @@ template <class cache_t>
 void attend_chunk(const Shapes& s, const float* queries, const cache_t* k, const cache_t* v, int64_t cache_len,
                   const int64_t* mask, int64_t b, int64_t h, int64_t c, ChunkKernel kernel, float* partial) {
   const int64_t C = kAttentionChunk, D = s.D, first = c * C, end = cache_len + s.T;
-  std::vector<float> kt(D * C, 0.f), vb(C * D, 0.f);
-  std::vector<unsigned long long> visible(s.rows, 0);
+  // Per-thread scratch, reused across tasks and calls (a task is ~10 us: allocations would show).
+  thread_local std::vector<float> kt, vb;
+  thread_local std::vector<unsigned long long> visible;
+  kt.resize(D * C);
+  vb.resize(C * D);
+  visible.resize(s.rows);
+  if (end - first < C) {  // positions past the end: zero K/V (their scores are masked anyway)
+    std::fill(kt.begin(), kt.end(), 0.f);
+    std::fill(vb.begin(), vb.end(), 0.f);
+  }
   for (int64_t p = 0; p < C && first + p < end; ++p) {
     const int64_t offset = ((b * s.S + first + p) * s.Hkv + h) * D;
     for (int64_t d = 0; d < D; ++d) {
