@@ -1,0 +1,183 @@
+"""End-to-end decoding on Spec-Bench-style prompts: tokens/s, speedup over `vanilla`, tokens per target forward."""
+import json
+import time
+from collections import defaultdict
+
+import torch
+
+from specdec_kernels.bench.common import print_table, write_json
+
+DEFAULT_PROMPTS = "benchmarks/prompts/spec_bench_mini.jsonl"
+
+
+def add_arguments(parser):
+    parser.add_argument("--prompts", default=DEFAULT_PROMPTS, help="JSON lines: question_id, category, turns")
+    parser.add_argument("--methods", default="vanilla,hf,hf-pld")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--limit", type=int, help="at most this many prompts per category")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="write a PNG of tokens/s per method and category here")
+
+
+class Harness:
+    """What every method needs: the tokenizer, our runner and (lazily) the transformers model."""
+
+    def __init__(self, path: str, max_new_tokens: int, temperature: float):
+        from specdec_kernels.hf import load_tokenizer
+        from specdec_kernels.models import load_gguf
+
+        self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_gguf(path)
+        self._hf = None
+
+    @property
+    def hf(self):
+        if self._hf is None:
+            from specdec_kernels.hf import load_hf_model
+
+            self._hf = load_hf_model(self.path)
+            self.hf_forwards = 0
+            self._hf.register_forward_hook(lambda *_: setattr(self, "hf_forwards", self.hf_forwards + 1))
+        return self._hf
+
+
+def run_vanilla(h: Harness, prompt_ids):
+    """-> (new tokens, seconds, target forwards)"""
+    from specdec_kernels.generate import generate
+
+    result = generate(h.model, prompt_ids, h.max_new_tokens, h.temperature, seed=0,
+                      stop_tokens=[h.tokenizer.eos_token_id])
+    return result.tokens, result.seconds, result.steps + 1
+
+
+def _run_hf(h: Harness, prompt_ids, **extra):
+    model = h.hf
+    inputs = torch.tensor([prompt_ids])
+    sampling = dict(do_sample=True, temperature=h.temperature) if h.temperature > 0 else dict(do_sample=False)
+    h.hf_forwards = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=h.max_new_tokens,
+                             eos_token_id=h.tokenizer.eos_token_id, pad_token_id=h.tokenizer.eos_token_id,
+                             **sampling, **extra)
+    seconds = time.perf_counter() - start
+    return out[0, len(prompt_ids):].tolist(), seconds, max(h.hf_forwards, 1)
+
+
+METHODS = {
+    "vanilla": run_vanilla,
+    "hf": _run_hf,
+    "hf-pld": lambda h, ids: _run_hf(h, ids, prompt_lookup_num_tokens=10),
+}
+
+
+def load_prompts(path: str, limit=None):
+    prompts, per_category = [], defaultdict(int)
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                item = json.loads(line)
+                per_category[item["category"]] += 1
+                if limit is None or per_category[item["category"]] <= limit:
+                    prompts.append(item)
+    return prompts
+
+
+def run_conversation(h: Harness, method, turns):
+    """All turns of one question; the history holds the method's own earlier answers."""
+    from specdec_kernels.hf import chat_prompt_ids
+
+    messages, tokens, seconds, steps, texts = [], [], 0.0, 0, []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        new, dt, forwards = method(h, chat_prompt_ids(h.tokenizer, messages))
+        answer = h.tokenizer.decode(new, skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": answer})
+        tokens += new
+        seconds += dt
+        steps += forwards
+        texts.append(answer)
+    return tokens, seconds, steps, texts
+
+
+def summarize(records, methods):
+    summary = {}
+    for name in methods:
+        rows = [r for r in records if r["method"] == name]
+        tokens = sum(r["new_tokens"] for r in rows)
+        seconds = sum(r["seconds"] for r in rows)
+        steps = sum(r["steps"] for r in rows)
+        summary[name] = {"tokens_per_s": tokens / seconds, "mean_accepted": tokens / steps,
+                         "identical_to_vanilla": all(r["identical_to_vanilla"] for r in rows)}
+    base = summary.get("vanilla", next(iter(summary.values())))["tokens_per_s"]
+    for name in summary:
+        summary[name]["speedup"] = summary[name]["tokens_per_s"] / base
+        rows = [r for r in records if r["method"] == name]
+        baseline = {r["question_id"]: r for r in records if r["method"] == "vanilla"}
+        ratios = [(r["new_tokens"] / r["seconds"]) / (baseline[r["question_id"]]["new_tokens"] /
+                                                       baseline[r["question_id"]]["seconds"])
+                  for r in rows if r["question_id"] in baseline]
+        summary[name]["speedup_per_sample_mean"] = sum(ratios) / len(ratios) if ratios else None
+    return summary
+
+
+def plot(records, methods, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = sorted({r["category"] for r in records})
+    fig, ax = plt.subplots(figsize=(1.4 * len(categories) + 2, 3.8))
+    width = 0.8 / len(methods)
+    for i, name in enumerate(methods):
+        rates = []
+        for c in categories:
+            rows = [r for r in records if r["method"] == name and r["category"] == c]
+            rates.append(sum(r["new_tokens"] for r in rows) / sum(r["seconds"] for r in rows))
+        ax.bar([j + i * width for j in range(len(categories))], rates, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, rotation=20)
+    ax.set_ylabel("tokens/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from specdec_kernels.models import embedded_model_path
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature)
+    prompts = load_prompts(args.prompts, args.limit)
+    records, vanilla_tokens = [], {}
+    for name in methods:
+        for item in tqdm(prompts, desc=name):
+            tokens, seconds, steps, texts = run_conversation(harness, METHODS[name], item["turns"])
+            if name == "vanilla":
+                vanilla_tokens[item["question_id"]] = tokens
+            records.append({"question_id": item["question_id"], "category": item["category"], "method": name,
+                            "new_tokens": len(tokens), "seconds": seconds, "steps": steps,
+                            "mean_accepted": len(tokens) / steps,
+                            "identical_to_vanilla": vanilla_tokens.get(item["question_id"]) == tokens,
+                            "output": texts})
+    summary = summarize(records, methods)
+    if args.json:
+        write_json(args.json, {"methods": summary, "prompts": records,
+                               "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                            "prompts": args.prompts, "limit": args.limit}})
+    if args.plot:
+        plot(records, methods, args.plot)
+    print_table([{"method": m, **s} for m, s in summary.items()],
+                [("method", "method", "{}"), ("tokens_per_s", "tokens/s", "{:.1f}"), ("speedup", "speedup", "{:.2f}"),
+                 ("speedup_per_sample_mean", "per-sample", "{:.2f}"), ("mean_accepted", "tokens/forward", "{:.2f}"),
+                 ("identical_to_vanilla", "identical", "{}")])
+    return 0
