@@ -22,11 +22,16 @@ test-cpu:
 test-triton:
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests
 
+# The quick kernel table, then end-to-end decoding on one prompt per category (our runner vs transformers).
 demo: install
 	$(PY) -m specdec_kernels.cli bench w4a16 --quick
+	$(PY) -m specdec_kernels.cli bench e2e --limit 1 --max-new-tokens 32 --methods vanilla,hf
 
 bench: install
 	$(PY) -m specdec_kernels.cli bench w4a16 --json benchmarks/results/w4a16_cpu.json --plot benchmarks/results/w4a16_cpu.png
+	$(PY) -m specdec_kernels.cli bench tree-attention --json benchmarks/results/tree_attention_cpu.json
+	$(PY) -m specdec_kernels.cli bench verify --json benchmarks/results/verify_cpu.json
+	$(PY) -m specdec_kernels.cli bench e2e --max-new-tokens 128 --json benchmarks/results/e2e_cpu.json --plot benchmarks/results/e2e_cpu.png
 
 # Compile every .cu for sm_80 and sm_90a without a GPU; print ptxas' per-kernel register/spill
 # report; fail when a GEMM kernel spills to local memory.

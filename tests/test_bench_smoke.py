@@ -1,0 +1,50 @@
+"""The benchmarks run end to end on tiny settings and write what they promise (not their numbers)."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from specdec_kernels.bench import e2e, tree_attention, verify, w4a16
+from specdec_kernels.bench.common import CacheFlusher
+
+
+def test_w4a16_point():
+    row = w4a16.bench_point(64, 128, 32, 3, torch.device("cpu"), 2, 1e10, 1e11, CacheFlusher(torch.device("cpu"), 1))
+    assert row["vs_dense_16"] > 0 and row["vs_torch_int4"] is not None and row["roofline"] > 0
+
+
+def test_tree_attention_point():
+    row = tree_attention.bench_point("smollm2", 8, 64, 2, 1e10, 1e11)
+    assert row["vs_sdpa"] > 0 and 0 < row["roofline"]
+
+
+def test_verify_point_and_naive_agree():
+    row = verify.bench_point(16, 2000, 2)
+    assert row["greedy_speedup"] > 0 and row["accept_len"] >= 1
+    tokens, parents = verify.eagle_like_tree(16, seed=1)
+    logits = torch.randn(1, 16, 2000)
+    logits[0, 0, tokens[0, 1]] += 10  # the walk takes at least one step
+    path, bonus = verify.naive_greedy(tokens, logits, verify.leaf_paths(parents))
+    from specdec_kernels import ops
+
+    accept_idx, accept_len, ours_bonus = ops.tree_verify_greedy(tokens, parents, logits)
+    assert path.tolist() == accept_idx[0, : int(accept_len[0])].tolist() and bonus == int(ours_bonus[0])
+
+
+@pytest.mark.model
+def test_e2e_json_keys(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": ["Hi", "And then?"]}) + "\n")
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    out = tmp_path / "e2e.json"
+    args = parser.parse_args(["--prompts", str(prompts), "--methods", "vanilla", "--max-new-tokens", "4",
+                              "--json", str(out)])
+    assert e2e.run(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]["vanilla"]) >= {"tokens_per_s", "speedup", "mean_accepted"}
+    record = result["prompts"][0]
+    assert set(record) >= {"question_id", "category", "method", "new_tokens", "seconds", "steps", "mean_accepted",
+                           "identical_to_vanilla", "output"}
+    assert record["identical_to_vanilla"] and len(record["output"]) == 2
