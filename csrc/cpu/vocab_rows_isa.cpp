@@ -1,29 +1,11 @@
-// The vocabulary-row passes (vocab_rows.inc) compiled for three ISAs (see w4a16_isa.cpp for why the
-// pragmas follow every #include); vocab_rows() picks the set for the ISA chosen at run time.
+// The vocabulary-row passes (vocab_rows.inc) compiled for three ISAs; vocab_rows() picks the set for the
+// ISA chosen at run time.
 #include "vocab_rows.h"
 
 #include "specdec/cpu_isa.h"
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-namespace specdec::cpu::avx512 {
-#include "specdec/vec_math.inc"
-#include "vocab_rows.inc"
-}  // namespace specdec::cpu::avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace specdec::cpu::avx2 {
-#include "specdec/vec_math.inc"
-#include "vocab_rows.inc"
-}  // namespace specdec::cpu::avx2
-#pragma GCC pop_options
-
-namespace specdec::cpu::generic {
-#include "specdec/vec_math.inc"
-#include "vocab_rows.inc"
-}  // namespace specdec::cpu::generic
+#define SPECDEC_ISA_KERNEL "cpu/vocab_rows.inc"  // relative to csrc/
+#include "specdec/isa_regions.inc"
 
 namespace specdec::cpu {
 

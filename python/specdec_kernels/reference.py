@@ -68,6 +68,12 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
     return out.to(q.dtype)
 
 
+def _empty_verdict(batch, t):
+    """(accept_idx [B, T] of -1, accept_len [B], bonus [B]), int64."""
+    return torch.full((batch, t), -1, dtype=torch.long), torch.zeros(batch, dtype=torch.long), torch.zeros(
+        batch, dtype=torch.long)
+
+
 def _children(parents_row, node):
     return [j for j in range(len(parents_row)) if int(parents_row[j]) == node]
 
@@ -75,9 +81,7 @@ def _children(parents_row, node):
 def tree_verify_greedy(tokens, parents, logits):
     """Walk from the root: move to the child whose token is the argmax of the target at the current node."""
     batch, t = tokens.shape
-    accept_idx = torch.full((batch, t), -1, dtype=torch.long)
-    accept_len = torch.zeros(batch, dtype=torch.long)
-    bonus = torch.zeros(batch, dtype=torch.long)
+    accept_idx, accept_len, bonus = _empty_verdict(batch, t)
     for b in range(batch):
         path, node = [0], 0
         while True:
@@ -126,9 +130,7 @@ def tree_verify_sample(tokens, parents, logits, uniforms, temperature, top_p=1.0
     q = draft_probs[b, j]; accept with min(1, p(x) / q(x)), else p = norm(max(p - q, 0)).
     """
     batch, t = tokens.shape
-    accept_idx = torch.full((batch, t), -1, dtype=torch.long)
-    accept_len = torch.zeros(batch, dtype=torch.long)
-    bonus = torch.zeros(batch, dtype=torch.long)
+    accept_idx, accept_len, bonus = _empty_verdict(batch, t)
     for b in range(batch):
         path, node = [0], 0
         while True:
