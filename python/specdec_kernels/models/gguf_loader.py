@@ -113,6 +113,9 @@ def load_gguf(path: str, max_seq_len: int = 2048) -> Transformer:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     tensors = {t.name: t for t in reader.tensors}
+    if "rope_freqs.weight" in tensors or f"{arch}.rope.scaling.type" in reader.fields:
+        # Llama-3.1-style scaled RoPE is not implemented yet: refuse rather than give wrong long-range logits.
+        raise ValueError(f"{path}: RoPE scaling (rope_freqs / rope.scaling) is not supported yet")
     embedding = dense(tensors["token_embd.weight"])
     config = ModelConfig(
         dim=_field(reader, f"{arch}.embedding_length"), n_layers=_field(reader, f"{arch}.block_count"),
