@@ -48,3 +48,20 @@ def test_e2e_json_keys(tmp_path):
     assert set(record) >= {"question_id", "category", "method", "new_tokens", "seconds", "steps", "mean_accepted",
                            "identical_to_vanilla", "output"}
     assert record["identical_to_vanilla"] and len(record["output"]) == 2
+
+
+def test_torch_int4_baseline_computes_the_same_weights():
+    """The int4 baseline is only a fair comparison if it multiplies by the same weights: torch computes
+    W = (q - 8) * s + z, so the benchmark passes z = m + 8 s."""
+    from w4a16_samples import random_quantized
+
+    from specdec_kernels import quant, reference
+
+    qw = random_quantized(64, 256, 128, scale_dtype=torch.float32)
+    int4 = w4a16._torch_int4(quant.unpack_int4(qw.qweight), qw, torch.device("cpu"))
+    if int4 is None:
+        pytest.skip("this torch build has no CPU int4 weight-only matmul")
+    x = torch.randn(3, 256).bfloat16()
+    expected = reference.w4a16_gemm(x.float(), qw.qweight, qw.scales, qw.mins, 128)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(int4(x).float(), expected, atol=2e-2 * scale, rtol=2e-2)
