@@ -51,3 +51,54 @@ def test_rejects_cpu_layout():
     cpu_packed = ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, 32)
     with pytest.raises(RuntimeError, match="packed_qweight"):
         ops.w4a16_gemm(torch.randn(2, 64, device="cuda").half(), *[t.cuda() for t in cpu_packed], 32, 64)
+
+
+@pytest.mark.parametrize("n,k,group_size,m", [(64, 4096, 128, 5), (100, 8192, 32, 1), (130, 2080, 32, 70)])
+def test_split_k_matches_reference(n, k, group_size, m):
+    """Few column blocks and a long K: the kernel splits K across blocks and sums fp32 partials."""
+    test_matches_reference(n, k, group_size, m, torch.float16)
+
+
+@pytest.mark.parametrize("n,k,group_size", [(4096, 4096, 128), (300, 2048, 64)])
+def test_batch_invariance_bitwise(n, k, group_size):
+    """A row's output does not depend on the batch it is computed in (M picks the tile shape, not the
+    reduction order): verifying T tokens at once gives what decoding them one at a time gives."""
+    qw = random_quantized(n, k, group_size)
+    packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), group_size)
+    x = torch.randn(70, k, device="cuda").half()
+    together = ops.w4a16_gemm(x, *packed, group_size, n)
+    for rows in (slice(0, 1), slice(3, 20), slice(5, 40)):
+        assert torch.equal(ops.w4a16_gemm(x[rows], *packed, group_size, n), together[rows])
+    # negative control: the comparison sees a change in the row's own input
+    x[3, 0] += 1.0
+    assert not torch.equal(ops.w4a16_gemm(x[3:4], *packed, group_size, n), together[3:4])
+
+
+def test_misaligned_and_strided_x():
+    qw = random_quantized(96, 256, 64)
+    packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 64)
+    x = torch.randn(5, 256).half()
+    expected = ops.w4a16_gemm(x.cuda(), *packed, 64, 96)
+    misaligned = torch.empty(5 * 256 + 1, dtype=torch.half, device="cuda")[1:].view(5, 256)
+    misaligned.copy_(x)
+    assert torch.equal(ops.w4a16_gemm(misaligned, *packed, 64, 96), expected)
+    strided = torch.empty(256, 5, dtype=torch.half, device="cuda").t()
+    strided.copy_(x)
+    assert torch.equal(ops.w4a16_gemm(strided, *packed, 64, 96), expected)
+
+
+def test_rejects_wrong_in_features():
+    qw = random_quantized(64, 128, 32)
+    packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 32)
+    with pytest.raises(RuntimeError, match=r"x.size\(1\) must be 128"):
+        ops.w4a16_gemm(torch.randn(2, 64, device="cuda").half(), *packed, 32, 64)
+
+
+def test_rejects_wrong_group_size_and_out_features():
+    qw = random_quantized(64, 128, 32)
+    packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 32)
+    x = torch.randn(2, 128, device="cuda").half()
+    with pytest.raises(RuntimeError, match="packed_scales must have shape"):
+        ops.w4a16_gemm(x, *packed, 64, 64)
+    with pytest.raises(RuntimeError, match="out_features 200 does not match"):
+        ops.w4a16_gemm(x, *packed, 32, 200)

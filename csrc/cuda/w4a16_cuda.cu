@@ -1,16 +1,21 @@
 // CUDA backend of w4a16_prepack / w4a16_gemm: argument checks, the fragment-order prepack (ATen ops
-// on the device, once per weight), dtype dispatch and the launch of w4a16_kernel.cuh.
+// on the device, once per weight), the choice of K splits, dtype dispatch and the launches of
+// w4a16_kernel.cuh.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "specdec/checks.h"
 #include "w4a16_kernel.cuh"
 
 namespace specdec::cuda {
 namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Canonical uint8 [N, K/2] -> int32 [K/16, N_pad/16 * 32] in the fragment order drawn in
 // w4a16_kernel.cuh: word (k16, p, lane = 4g + t) has nibble e*4 + j*2 + h = q[p*16 + j*8 + g][k16*16 + h*8 + 2t + e].
@@ -31,33 +36,67 @@ std::vector<at::Tensor> w4a16_prepack_cuda(const at::Tensor& qweight, const at::
                                            int64_t group_size) {
   check_canonical_w4(qweight, scales, mins, group_size);
   const c10::cuda::CUDAGuard guard(qweight.device());
-  const int64_t n = qweight.size(0), n_pad = (n + kBlockN - 1) / kBlockN * kBlockN;
+  const int64_t n = qweight.size(0), n_pad = ceil_div(n, kBlockN) * kBlockN;
   auto columns = [&](const at::Tensor& t) {  // [N, K/G] -> [K/G, N_pad]
     return at::constant_pad_nd(t, {0, 0, 0, n_pad - n}, 0).t().contiguous();
   };
   return {pack_fragments(qweight, n_pad), columns(scales), columns(mins)};
 }
 
+// cp.async moves 16-byte chunks: every operand must start on a 16-byte boundary (rows then are too:
+// K is a multiple of 32 and N_pad of 64). A view that starts elsewhere is copied.
+at::Tensor aligned16(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
+// K splits per 64-column block: enough blocks for about 4 per SM (at small M the only way to keep
+// enough weight bytes in flight), >= 8 k tiles (512 of K) per split so the pipeline fills, and at
+// most 4 (each split costs 8 bytes of fp32 partial traffic per output). Depends on N, K and the GPU
+// only, never on M: a row's result does not depend on the batch it is computed in.
+int choose_splits(int64_t n_pad, int64_t K, int device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t col_blocks = n_pad / kBlockN, k_tiles = ceil_div(K, kBlockK);
+  const int64_t most = std::clamp<int64_t>(k_tiles / 8, 1, 4);
+  return static_cast<int>(std::clamp<int64_t>(ceil_div(4 * sms, col_blocks), 1, most));
+}
+
 template <class T, int M_TILES>
-void launch(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins,
-            at::Tensor& y, int64_t group_size, int64_t n_pad) {
-  const int M = x.size(0), N = y.size(1), K = x.size(1);
-  const dim3 grid(n_pad / kBlockN, (M + 16 * M_TILES - 1) / (16 * M_TILES));
-  w4a16_gemm_kernel<T, M_TILES><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()),
-      reinterpret_cast<const T*>(scales.data_ptr()), reinterpret_cast<const T*>(mins.data_ptr()),
-      reinterpret_cast<T*>(y.data_ptr()), M, N, K, (int)n_pad, (int)group_size);
+void launch(const W4A16Params<T>& params, int splits, cudaStream_t stream) {
+  const dim3 grid(params.n_pad / kBlockN, ceil_div(params.M, 16 * M_TILES), splits);
+  w4a16_gemm_kernel<T, M_TILES><<<grid, kThreads, 0, stream>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // One m16 tile per 16 rows, up to 4 (64 rows) per block; larger M spreads over more blocks.
 template <class T>
-void launch_for_m(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins,
-                  at::Tensor& y, int64_t group_size, int64_t n_pad) {
-  const int64_t M = x.size(0);
-  if (M <= 16) return launch<T, 1>(x, packed, scales, mins, y, group_size, n_pad);
-  if (M <= 32) return launch<T, 2>(x, packed, scales, mins, y, group_size, n_pad);
-  launch<T, 4>(x, packed, scales, mins, y, group_size, n_pad);
+void gemm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins,
+          at::Tensor& y, int64_t group_size, int64_t n_pad) {
+  const int64_t M = x.size(0), N = y.size(1), K = x.size(1);
+  const int splits = choose_splits(n_pad, K, x.get_device());
+  const at::Tensor partial = splits > 1 ? at::empty({splits, M, N}, x.options().dtype(at::kFloat)) : at::Tensor();
+  const W4A16Params<T> params{reinterpret_cast<const T*>(x.data_ptr()),
+                              reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()),
+                              reinterpret_cast<const T*>(scales.data_ptr()),
+                              reinterpret_cast<const T*>(mins.data_ptr()),
+                              reinterpret_cast<T*>(y.data_ptr()),
+                              splits > 1 ? partial.data_ptr<float>() : nullptr,
+                              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), static_cast<int>(n_pad),
+                              static_cast<int>(group_size), static_cast<int>(ceil_div(ceil_div(K, kBlockK), splits))};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (M <= 16)
+    launch<T, 1>(params, splits, stream);
+  else if (M <= 32)
+    launch<T, 2>(params, splits, stream);
+  else
+    launch<T, 4>(params, splits, stream);
+  if (splits > 1) {
+    const int64_t mn = M * N;
+    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(mn, 256), 4096));
+    w4a16_reduce_splits_kernel<T><<<blocks, 256, 0, stream>>>(partial.data_ptr<float>(), params.y, mn, splits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
@@ -68,13 +107,13 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight
               "x must be float16 or bfloat16 on CUDA, got ", x.scalar_type());
   SPECDEC_CHECK_DIM(packed_qweight, 2);
   SPECDEC_CHECK_DTYPE(packed_qweight, at::kInt);
-  SPECDEC_CHECK_CONTIGUOUS(packed_qweight);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_scales);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_mins);
   const int64_t K = packed_qweight.size(0) * 16, n_pad = packed_qweight.size(1) / 2;
-  TORCH_CHECK(n_pad % kBlockN == 0, "packed_qweight is not in the CUDA layout [K/16, 2 * N_pad] (did you call ",
-              "w4a16_prepack on CUDA?), got ", packed_qweight.sizes());
+  TORCH_CHECK(packed_qweight.size(1) % (2 * kBlockN) == 0 && n_pad > 0,
+              "packed_qweight is not in the CUDA layout [K/16, 2 * N_pad] (did you call w4a16_prepack on CUDA?), got ",
+              packed_qweight.sizes());
   SPECDEC_CHECK_SIZE(x, 1, K);
   TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
   const std::vector<int64_t> s_shape{K / group_size, n_pad};
@@ -83,18 +122,19 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight
   TORCH_CHECK(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ", packed_mins.sizes());
   TORCH_CHECK(out_features > n_pad - kBlockN && out_features <= n_pad, "out_features ", out_features,
               " does not match packed_qweight (N padded to ", n_pad, ")");
+  TORCH_CHECK(x.numel() < (int64_t{1} << 31) && x.size(0) * out_features < (int64_t{1} << 31),
+              "x and the output must have fewer than 2^31 elements, got x ", x.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
 
-  // 16-byte cp.async needs aligned rows: K is a multiple of 32, so a contiguous x qualifies.
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor scales = packed_scales.to(x.scalar_type()).contiguous();
-  const at::Tensor mins = packed_mins.to(x.scalar_type()).contiguous();
+  const at::Tensor xa = aligned16(x), packed = aligned16(packed_qweight);
+  const at::Tensor scales = aligned16(packed_scales.to(x.scalar_type()));
+  const at::Tensor mins = aligned16(packed_mins.to(x.scalar_type()));
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (x.size(0) == 0) return y;
   if (x.scalar_type() == at::kHalf)
-    launch_for_m<__half>(xc, packed_qweight, scales, mins, y, group_size, n_pad);
+    gemm<__half>(xa, packed, scales, mins, y, group_size, n_pad);
   else
-    launch_for_m<__nv_bfloat16>(xc, packed_qweight, scales, mins, y, group_size, n_pad);
+    gemm<__nv_bfloat16>(xa, packed, scales, mins, y, group_size, n_pad);
   return y;
 }
 
