@@ -135,6 +135,8 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None, 
     longest = max(lens) if lens else 0
     if num_splits is None:
         num_splits = _num_splits(row_blocks * batch * hkv, longest, q.device)
+    elif num_splits < 1 or num_splits & (num_splits - 1):
+        raise ValueError(f"num_splits must be a power of two, got {num_splits}")
     cache_chunk = max(1, triton.cdiv(longest, num_splits))
     out = torch.empty_like(q)
     if num_splits == 1:
