@@ -1,13 +1,14 @@
 // CPU tree_attention (DESIGN 3.2, 3.3): T new tokens attend to the cache and, among themselves, to what
-// the bit-packed tree mask allows. Split over (batch row, KV head, chunk of 64 positions) tasks, each a
-// partial softmax for all query rows of its KV head (GQA: K/V read once per group), then merged per
-// row in chunk order. Chunk bounds are absolute positions, so the result for a token does not depend on
+// the bit-packed tree mask allows. Tasks = (batch row, KV head, split of 256 absolute positions); a task
+// computes the partial softmax of ALL query rows of its KV head (GQA: K/V read once per group) with the
+// kernel of tree_attention_kernel.inc; the partials of a (batch row, KV head) are then folded in position
+// order. Split bounds are absolute positions and rows never mix, so a token's result does not depend on
 // how many tokens are verified with it (T at once == one at a time, bitwise).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -20,7 +21,9 @@ namespace specdec::cpu {
 namespace {
 
 struct Shapes {
-  int64_t B, T, Hq, Hkv, D, S, group, rows, chunks;
+  int64_t B, T, Hq, Hkv, D, S, group, rows, row_vectors;
+  int64_t ldq() const { return row_vectors * 16; }
+  int64_t partial_floats() const { return (D + 2) * ldq(); }  // o [D][ldq], m, l
 };
 
 Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -29,12 +32,14 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
   SPECDEC_CHECK_DIM(k_cache, 4);
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(),
               ", got ", v_cache.sizes());
-  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "q must be floating point, got ", q.scalar_type());
-  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type() && at::isFloatingType(k_cache.scalar_type()),
-              "k_cache and v_cache must share a floating dtype, got ", k_cache.scalar_type(), " and ",
-              v_cache.scalar_type());
-  SPECDEC_CHECK_CONTIGUOUS(k_cache);
-  SPECDEC_CHECK_CONTIGUOUS(v_cache);
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "q must be float32, bfloat16 or float16, got ", dtype);
+  SPECDEC_CHECK_DTYPE(k_cache, dtype);
+  SPECDEC_CHECK_DTYPE(v_cache, dtype);
+  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1,
+              "k_cache and v_cache must be contiguous in the head dim, got strides ", k_cache.strides(), " and ",
+              v_cache.strides());
   SPECDEC_CHECK_DTYPE(cache_lens, at::kInt);
   SPECDEC_CHECK_DIM(cache_lens, 1);
   SPECDEC_CHECK_SAME_DEVICE(q, k_cache);
@@ -46,14 +51,13 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
   SPECDEC_CHECK_SIZE(cache_lens, 0, s.B);
   TORCH_CHECK(s.Hkv >= 1 && s.Hq % s.Hkv == 0, "query heads (", s.Hq, ") must be a multiple of KV heads (", s.Hkv,
               ")");
-  TORCH_CHECK(s.D % 16 == 0 && s.D <= 256, "head dim must be a multiple of 16 up to 256, got ", s.D);
+  TORCH_CHECK(s.D >= 16 && s.D % 16 == 0 && s.D <= 256, "head dim must be a multiple of 16 up to 256, got ", s.D);
   TORCH_CHECK(s.T >= 1 && s.T <= kMaxTreeNodes, "T must be in [1, ", kMaxTreeNodes, "], got ", s.T);
-  const int32_t* lens = cache_lens.data_ptr<int32_t>();
-  int64_t longest = 0;
+  const at::Tensor lens = cache_lens.contiguous();
   for (int64_t b = 0; b < s.B; ++b) {
-    TORCH_CHECK(lens[b] >= 0 && lens[b] + s.T <= s.S, "cache overflow in row ", b, ": cache_lens ", lens[b],
-                " + T ", s.T, " > S_max ", s.S);
-    longest = std::max<int64_t>(longest, lens[b] + s.T);
+    const int64_t len = lens.data_ptr<int32_t>()[b];
+    TORCH_CHECK(len >= 0 && len + s.T <= s.S, "cache overflow in row ", b, ": cache_lens ", len, " + T ", s.T,
+                " > S_max ", s.S);
   }
   if (tree_mask.has_value()) {
     SPECDEC_CHECK_DTYPE((*tree_mask), at::kLong);
@@ -63,115 +67,180 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
   }
   s.group = s.Hq / s.Hkv;
   s.rows = s.T * s.group;
-  s.chunks = (longest + kAttentionChunk - 1) / kAttentionChunk;
+  s.row_vectors = (s.rows + 15) / 16;
   return s;
 }
 
-// Bit p = bit start + p of a row's mask words (bit j = new token j), for p in [0, 64); zero outside [0, T).
-uint64_t mask_bits(const int64_t* words, int64_t T, int64_t start) {
-  uint64_t bits = 0;
-  for (int64_t j = std::max<int64_t>(start, 0); j < std::min(start + 64, T); ++j)
-    bits |= ((static_cast<uint64_t>(words[j / 64]) >> (j % 64)) & 1ull) << (j - start);
-  return bits;
+// qt [B, Hkv, D, ldq]: qt[b, h, d, t * group + g] = scale * q[b, t, h * group + g, d]; padding rows 0.
+// On the calling thread: it is B T Hq D elements, small next to the attention itself.
+at::Tensor pack_queries(const at::Tensor& q, double scale, const Shapes& s) {
+  const at::Tensor qf = q.to(at::kFloat);
+  at::Tensor qt = at::zeros({s.B, s.Hkv, s.D, s.ldq()}, qf.options());
+  const auto src = qf.accessor<float, 4>();
+  float* dst = qt.data_ptr<float>();
+  const float factor = static_cast<float>(scale);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t hq = 0; hq < s.Hq; ++hq) {
+        float* out = dst + (b * s.Hkv + hq / s.group) * s.D * s.ldq() + t * s.group + hq % s.group;
+        for (int64_t d = 0; d < s.D; ++d) out[d * s.ldq()] = factor * src[b][t][hq][d];
+      }
+  return qt;
 }
 
-using ChunkKernel = void (*)(const float*, int, int, const float*, const float*, const unsigned long long*, float*);
+// [B, T, row_vectors] lane masks: bit (r % 16) of entry (b, j, r / 16) is set iff row r (token r / group)
+// sees new token j: its tree-mask bit j, or j <= token when the mask is None (causal).
+std::vector<uint16_t> new_token_visibility(const std::optional<at::Tensor>& tree_mask, const Shapes& s) {
+  std::vector<uint16_t> visible(s.B * s.T * s.row_vectors, 0);
+  const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
+  const int64_t words = (s.T + 63) / 64;
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t* row = mask.defined() ? mask.data_ptr<int64_t>() + (b * s.T + t) * words : nullptr;
+      for (int64_t j = 0; j < s.T; ++j) {
+        const bool sees = row != nullptr ? (static_cast<uint64_t>(row[j / 64]) >> (j % 64)) & 1 : j <= t;
+        if (!sees) continue;
+        for (int64_t r = t * s.group; r < (t + 1) * s.group; ++r)
+          visible[(b * s.T + j) * s.row_vectors + r / 16] |= static_cast<uint16_t>(1u << (r % 16));
+      }
+    }
+  return visible;
+}
 
-ChunkKernel chunk_kernel() {
+struct Kernels {
+  void (*attend_split)(const SplitArgs&);
+  void (*fold_partial)(float*, const float*, int, int);
+};
+
+Kernels kernels() {
   switch (chosen_isa()) {
-    case Isa::kAvx512: return avx512::chunk_attention;
-    case Isa::kAvx2: return avx2::chunk_attention;
-    default: return generic::chunk_attention;
+    case Isa::kAvx512: return {avx512::attend_split, avx512::fold_partial};
+    case Isa::kAvx2: return {avx2::attend_split, avx2::fold_partial};
+    default: return {generic::attend_split, generic::fold_partial};
   }
 }
 
-// One task: rows of KV head h of batch row b over chunk c -> partial [rows][D + 2].
-template <class cache_t>
-void attend_chunk(const Shapes& s, const float* queries, const cache_t* k, const cache_t* v, int64_t cache_len,
-                  const int64_t* mask, int64_t b, int64_t h, int64_t c, ChunkKernel kernel, float* partial) {
-  const int64_t C = kAttentionChunk, D = s.D, first = c * C, end = cache_len + s.T;
-  // Per-thread scratch, reused across tasks and calls (a task is ~10 us: allocations would show).
-  thread_local std::vector<float> kt, vb;
-  thread_local std::vector<unsigned long long> visible;
-  kt.resize(D * C);
-  vb.resize(C * D);
-  visible.resize(s.rows);
-  if (end - first < C) {  // positions past the end: zero K/V (their scores are masked anyway)
-    std::fill(kt.begin(), kt.end(), 0.f);
-    std::fill(vb.begin(), vb.end(), 0.f);
-  }
-  for (int64_t p = 0; p < C && first + p < end; ++p) {
-    const int64_t offset = ((b * s.S + first + p) * s.Hkv + h) * D;
-    for (int64_t d = 0; d < D; ++d) {
-      kt[d * C + p] = static_cast<float>(k[offset + d]);
-      vb[p * D + d] = static_cast<float>(v[offset + d]);
-    }
-  }
-  const uint64_t cached = first >= cache_len ? 0 : cache_len - first >= C ? ~0ull : (1ull << (cache_len - first)) - 1;
-  for (int64_t i = 0; i < s.T; ++i) {
-    // new token j sits at position cache_len + j, i.e. bit cache_len + j - first of this chunk
-    const int64_t j0 = first - cache_len;
-    uint64_t own;
-    if (mask != nullptr) {
-      own = mask_bits(mask + (b * s.T + i) * ((s.T + 63) / 64), s.T, j0);
-    } else {  // causal: new tokens j <= i
-      own = 0;
-      for (int64_t j = std::max<int64_t>(j0, 0); j <= i && j < j0 + C; ++j) own |= 1ull << (j - j0);
-    }
-    for (int64_t g = 0; g < s.group; ++g) visible[i * s.group + g] = cached | own;
-  }
-  kernel(queries + (b * s.Hkv + h) * s.rows * D, s.rows, D, kt.data(), vb.data(), visible.data(), partial);
+CacheType cache_type(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? CacheType::kBFloat16 : dtype == at::kHalf ? CacheType::kHalf : CacheType::kFloat;
 }
+
+// Runs fn(i, slot) for i in [0, n) on the intra-op threads, handing out indices one at a time: on a
+// shared machine a thread can stall, and fixed ranges would make the others wait for it. slot < threads
+// names the caller's scratch.
+template <class Fn>
+void parallel_dynamic(int64_t n, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t slot, int64_t) {
+    for (int64_t i = next++; i < n; i = next++) fn(i, slot);
+  });
+}
+
+// KV heads [h0, h0 + heads) of batch row b; its splits are tasks [first_task, first_task + splits).
+struct HeadGroup {
+  int64_t b, h0, heads, first_task, splits;
+};
+
+// KV heads per group: few query rows make the op memory bound, so a task then reads all heads of its
+// positions together (contiguous); many rows make it compute bound, and one head per task balances
+// better. Either way each row's arithmetic is the same (rows never mix).
+int64_t heads_per_group(const Shapes& s, int64_t splits) {
+  int64_t heads = s.row_vectors <= 2 ? s.Hkv : 1;
+  while (heads > 1 && splits * ((s.Hkv + heads - 1) / heads) < 4 * at::get_num_threads()) heads = (heads + 1) / 2;
+  return heads;
+}
+
+// Partials of one wave of tasks live at once; bounded so that long caches with many rows stay small.
+constexpr int64_t kPartialBudgetFloats = int64_t{16} << 20;
 
 at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask, double scale) {
   const Shapes s = check_inputs(q, k_cache, v_cache, cache_lens, tree_mask);
-  // queries grouped by KV head: [B, Hkv, T * group, D], pre-scaled float32
-  const at::Tensor queries =
-      (q.to(at::kFloat) * scale).view({s.B, s.T, s.Hkv, s.group, s.D}).permute({0, 2, 1, 3, 4}).contiguous();
-  const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
-  at::Tensor partials = at::empty({s.B, s.Hkv, s.chunks, s.rows, s.D + 2}, q.options().dtype(at::kFloat));
-  const int32_t* lens = cache_lens.data_ptr<int32_t>();
-  const ChunkKernel kernel = chunk_kernel();
-  const int64_t tasks = s.B * s.Hkv * s.chunks, part = s.rows * (s.D + 2);
-  float* partial_ptr = partials.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(), "tree_attention", [&] {
-    const scalar_t *k = k_cache.data_ptr<scalar_t>(), *v = v_cache.data_ptr<scalar_t>();
-    const float* qp = queries.data_ptr<float>();
-    const int64_t* mp = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t c = task % s.chunks, h = task / s.chunks % s.Hkv, b = task / s.chunks / s.Hkv;
-        if (c * kAttentionChunk < lens[b] + s.T)
-          attend_chunk<scalar_t>(s, qp, k, v, lens[b], mp, b, h, c, kernel, partial_ptr + task * part);
-      }
-    });
-  });
-  // Merge the chunks of each row in order: o = sum_c exp(m_c - m) o_c / sum_c exp(m_c - m) l_c.
-  at::Tensor out = at::empty({s.B, s.Hkv, s.rows, s.D}, q.options().dtype(at::kFloat));
-  float* out_ptr = out.data_ptr<float>();
-  at::parallel_for(0, s.B * s.Hkv * s.rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(s.D);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t r = row % s.rows, bh = row / s.rows, b = bh / s.Hkv;
-      const int64_t chunks = (lens[b] + s.T + kAttentionChunk - 1) / kAttentionChunk;
-      float m = -INFINITY, l = 0.f;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float* pc = partial_ptr + (bh * s.chunks + c) * part + r * (s.D + 2);
-        const float mc = pc[s.D], lc = pc[s.D + 1];
-        if (lc == 0.f) continue;  // nothing visible in this chunk
-        const float m_new = std::max(m, mc), old_scale = std::exp(m - m_new), new_scale = std::exp(mc - m_new);
-        for (int64_t d = 0; d < s.D; ++d) acc[d] = acc[d] * old_scale + pc[d] * new_scale;
-        l = l * old_scale + lc * new_scale;
-        m = m_new;
-      }
-      for (int64_t d = 0; d < s.D; ++d) out_ptr[row * s.D + d] = acc[d] / l;
+  const at::Tensor lens = cache_lens.contiguous();
+  const int32_t* len = lens.data_ptr<int32_t>();
+  const at::Tensor qt = pack_queries(q, scale, s);
+  const std::vector<uint16_t> visible = new_token_visibility(tree_mask, s);
+
+  int64_t longest = 0;
+  for (int64_t b = 0; b < s.B; ++b) longest = std::max<int64_t>(longest, len[b] + s.T);
+  const int64_t hp = heads_per_group(s, (longest + kAttentionSplit - 1) / kAttentionSplit);
+  std::vector<HeadGroup> groups;
+  std::vector<int64_t> group_of;  // task -> group
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h0 = 0; h0 < s.Hkv; h0 += hp) {
+      const int64_t splits = (len[b] + s.T + kAttentionSplit - 1) / kAttentionSplit;
+      groups.push_back({b, h0, std::min(hp, s.Hkv - h0), static_cast<int64_t>(group_of.size()), splits});
+      group_of.insert(group_of.end(), splits, static_cast<int64_t>(groups.size()) - 1);
     }
-  });
-  // [B, Hkv, T, group, D] -> [B, T, Hq, D]
-  return out.view({s.B, s.Hkv, s.T, s.group, s.D}).permute({0, 2, 1, 3, 4}).reshape({s.B, s.T, s.Hq, s.D}).to(
-      q.scalar_type());
+  // task i's partials (one per head of its group) at offset[i]
+  const int64_t part = partial_floats(s.D, s.row_vectors), n_tasks = static_cast<int64_t>(group_of.size());
+  std::vector<int64_t> offset(n_tasks + 1, 0);
+  for (int64_t i = 0; i < n_tasks; ++i) offset[i + 1] = offset[i] + groups[group_of[i]].heads * part;
+
+  const auto floats = q.options().dtype(at::kFloat);
+  // acc[b * Hkv + h]: the fold of that head's partials so far; starts empty (o = 0, m = -inf, l = 0)
+  at::Tensor acc = at::zeros({s.B * s.Hkv, s.D + 2, s.ldq()}, floats);
+  acc.select(1, s.D).fill_(-INFINITY);
+  at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, floats);
+  const int64_t scratch_floats = split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
+  std::vector<float> scratch(at::get_num_threads() * scratch_floats);
+  const Kernels kernel = kernels();
+  const CacheType type = cache_type(q.scalar_type());
+  const char *k_base = static_cast<const char*>(k_cache.data_ptr()), *v_base = static_cast<const char*>(v_cache.data_ptr());
+  const int64_t element = k_cache.element_size();
+
+  for (int64_t w0 = 0; w0 < n_tasks;) {
+    int64_t w1 = w0 + 1;  // a wave: at least one task, then as many as the budget holds
+    while (w1 < n_tasks && offset[w1 + 1] - offset[w0] <= kPartialBudgetFloats) ++w1;
+    at::Tensor partials = at::empty({offset[w1] - offset[w0]}, floats);
+    std::vector<std::atomic<int64_t>> unfinished(groups.size());  // tasks of each group left in this wave
+    for (int64_t i = w0; i < w1; ++i) ++unfinished[group_of[i]];
+
+    // Folds group g's partials of this wave into acc in position order; after its last split,
+    // out[b, t, h * group + g, :] = o[:, r] / l[r] with r = t * group + g.
+    auto fold_group = [&](const HeadGroup& g) {
+      const int64_t first = std::max(g.first_task, w0), last = std::min(g.first_task + g.splits, w1);
+      for (int64_t h = g.h0; h < g.h0 + g.heads; ++h) {
+        float* o = acc.data_ptr<float>() + (g.b * s.Hkv + h) * part;
+        for (int64_t i = first; i < last; ++i)
+          kernel.fold_partial(o, partials.data_ptr<float>() + offset[i] - offset[w0] + (h - g.h0) * part,
+                              static_cast<int>(s.D), static_cast<int>(s.row_vectors));
+        if (last < g.first_task + g.splits) continue;
+        const float* l = o + (s.D + 1) * s.ldq();
+        for (int64_t r = 0; r < s.rows; ++r) {
+          float* dst = out.data_ptr<float>() + ((g.b * s.T + r / s.group) * s.Hq + h * s.group + r % s.group) * s.D;
+          for (int64_t d = 0; d < s.D; ++d) dst[d] = l[r] > 0.f ? o[d * s.ldq() + r] / l[r] : 0.f;
+        }
+      }
+    };
+
+    parallel_dynamic(w1 - w0, [&](int64_t i, int64_t slot) {
+      const HeadGroup& g = groups[group_of[w0 + i]];
+      SplitArgs a;
+      a.k = k_base + (g.b * k_cache.stride(0) + g.h0 * k_cache.stride(2)) * element;
+      a.v = v_base + (g.b * v_cache.stride(0) + g.h0 * v_cache.stride(2)) * element;
+      a.k_stride = k_cache.stride(1);
+      a.k_head_stride = k_cache.stride(2);
+      a.v_stride = v_cache.stride(1);
+      a.v_head_stride = v_cache.stride(2);
+      a.type = type;
+      a.heads = static_cast<int>(g.heads);
+      a.D = static_cast<int>(s.D);
+      a.row_vectors = static_cast<int>(s.row_vectors);
+      a.qt = qt.data_ptr<float>() + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
+      a.new_visible = visible.data() + g.b * s.T * s.row_vectors;
+      a.cache_len = len[g.b];
+      a.begin = (w0 + i - g.first_task) * kAttentionSplit;
+      a.end = std::min<int64_t>(a.begin + kAttentionSplit, len[g.b] + s.T);
+      a.prefetch_end = len[g.b] + s.T;
+      a.partial = partials.data_ptr<float>() + offset[w0 + i] - offset[w0];
+      a.scratch = scratch.data() + slot * scratch_floats;
+      kernel.attend_split(a);
+      // the thread that finishes a group's last task of the wave folds the group
+      if (unfinished[group_of[w0 + i]].fetch_sub(1, std::memory_order_acq_rel) == 1) fold_group(g);
+    });
+    w0 = w1;
+  }
+  return out.to(q.scalar_type());
 }
 
 }  // namespace

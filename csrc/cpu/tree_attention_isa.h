@@ -1,17 +1,47 @@
-// Per-ISA entry points of the CPU tree-attention chunk kernel (tree_attention_kernel.inc).
+// The per-ISA entry points of the CPU tree-attention kernel (tree_attention_kernel.inc) and their
+// arguments: raw pointers, no torch types.
+//
+// Layout: the query rows of one (batch row, KV head) are r = t * group + g (token t, query head
+// h * group + g), padded to row_vectors * 16, and sit in vector LANES: every per-head array below is
+// [something][row_vectors * 16], so the softmax over positions is lane-wise (no horizontal work).
 #pragma once
 
 namespace specdec::cpu {
 
-// Partial softmax attention of `rows` queries over one chunk of 64 cache positions; see the kernel.
-#define SPECDEC_CHUNK_ATTENTION_DECL                                                                    \
-  void chunk_attention(const float* q, int rows, int D, const float* kt, const float* v,               \
-                       const unsigned long long* visible, float* partial);
-namespace avx512 { SPECDEC_CHUNK_ATTENTION_DECL }
-namespace avx2 { SPECDEC_CHUNK_ATTENTION_DECL }
-namespace generic { SPECDEC_CHUNK_ATTENTION_DECL }
-#undef SPECDEC_CHUNK_ATTENTION_DECL
+constexpr long kAttentionChunk = 64;   // cache positions staged and scored at a time
+constexpr long kAttentionSplit = 256;  // positions per task (flash-decoding split); absolute bounds
+constexpr int kAttentionRowBlock = 3;  // row vectors (48 rows) per register block
 
-constexpr int kAttentionChunk = 64;
+enum class CacheType { kFloat, kBFloat16, kHalf };
+
+// One task: all query rows of KV heads [h0, h0 + heads) of one batch row over positions [begin, end).
+struct SplitArgs {
+  const void* k;  // position p, head h0 + i at k + p * k_stride + i * k_head_stride elements,
+  const void* v;  //   likewise for v; D contiguous elements each
+  long k_stride, k_head_stride, v_stride, v_head_stride;
+  CacheType type;
+  int heads, D, row_vectors;
+  const float* qt;                    // [heads][D][row_vectors * 16] queries, pre-scaled, 0 in padding rows
+  const unsigned short* new_visible;  // [T][row_vectors]: lane mask of the rows that see new token j
+  long cache_len;   // every row sees positions < cache_len; new token j sits at cache_len + j
+  long begin, end;  // end <= cache_len + T
+  long prefetch_end;  // cache_len + T: rows below it may be prefetched for the next chunk
+  float* partial;   // out, per head: o [D][row_vectors * 16], then m and l [row_vectors * 16]
+  float* scratch;   // split_scratch_floats(heads, D) floats of the calling thread
+};
+
+inline long partial_floats(int D, int row_vectors) { return (D + 2L) * row_vectors * 16; }
+inline long split_scratch_floats(int heads, int D) {
+  return 2L * heads * kAttentionChunk * D + kAttentionChunk * kAttentionRowBlock * 16;
+}
+
+#define SPECDEC_TREE_ATTENTION_DECL                                                \
+  void attend_split(const SplitArgs& a);                                           \
+  /* acc = acc (+) part, two partial softmaxes of the same rows (same layout). */ \
+  void fold_partial(float* acc, const float* part, int D, int row_vectors);
+namespace avx512 { SPECDEC_TREE_ATTENTION_DECL }
+namespace avx2 { SPECDEC_TREE_ATTENTION_DECL }
+namespace generic { SPECDEC_TREE_ATTENTION_DECL }
+#undef SPECDEC_TREE_ATTENTION_DECL
 
 }  // namespace specdec::cpu
