@@ -44,7 +44,7 @@ def _tree_attention_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, mask_ptr, out_ptr, max
                            stride_tb, stride_tt, stride_os, stride_ob, stride_ot, stride_oh, stride_ss,
                            D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
                            HAS_MASK: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr):
-    b, kv_head = tl.program_id(1) // HKV, tl.program_id(1) % HKV
+    b, kv_head = (tl.program_id(1) // HKV).to(tl.int64), tl.program_id(1) % HKV  # int64: caches can pass 2**31
     split = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     token, head = rows // G, kv_head * G + rows % G
@@ -153,8 +153,9 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None, 
     _tree_attention_kernel[grid](
         q, k_cache, v_cache, cache_lens, mask, part, maxes, sums, scale, t, group, hkv, cache_chunk,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        t * words, words, stride_os, t * hq * d, hq * d, d, stride_ss, D=d, BLOCK_R=block_r, BLOCK_S=64 if d <= 64 else 32, HAS_MASK=tree_mask is not None,
-        NUM_SPLITS=num_splits, IEEE=q.dtype == torch.float32)
+        t * words, words, stride_os, t * hq * d, hq * d, d, stride_ss,
+        D=d, BLOCK_R=block_r, BLOCK_S=64 if d <= 64 else 32, HAS_MASK=tree_mask is not None, NUM_SPLITS=num_splits,
+        IEEE=q.dtype == torch.float32)
     if num_splits > 1:
         _merge_kernel[(batch * t * hq,)](part, maxes, sums, out, stride_os, stride_ss, D=d, NUM_SPLITS=num_splits)
     return out
