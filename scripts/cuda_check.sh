@@ -23,7 +23,7 @@ fi
 compile() {  # $1 = a .cu file; ptxas' report goes to $out/<name>.log
   local name
   name=$(basename "$1" .cu)
-  if "$NVCC" -std=c++20 -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo -Xptxas -v \
+  if "$NVCC" -std=c++20 -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo -Xptxas -v --threads 2 \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc $includes \
     -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -c "$1" -o "$out/$name.o" >"$out/$name.log" 2>&1; then
     echo "compiled $1"

@@ -1,10 +1,10 @@
-// CUDA backend of the ops that follow the target forward: tree_verify_greedy, tree_verify_sample and
-// kv_compact. Argument checks (shared with the CPU backend), dtype dispatch and launches of
-// tree_verify_kernel.cuh and kv_compact_kernel.cuh. One translation unit for the three: each .cu costs
-// about a minute of torch-header parsing in `make cuda-check`.
+// CUDA backend of the tree ops: tree_attention, tree_verify_greedy, tree_verify_sample and kv_compact.
+// Argument checks (shared with the CPU backend), dtype dispatch and the launches of the kernel templates
+// in tree_attention_kernel.cuh, tree_verify_kernel.cuh and kv_compact_kernel.cuh. One translation unit
+// for the four: every .cu costs a minute or two of torch-header parsing in `make cuda-check`.
 //
-// Validation reads the tree (and kv_compact's paths) on the host: one small device-to-host copy per call,
-// the price of a clear error instead of a wrong walk or a corrupted cache.
+// Validation reads cache_lens, the tree or kv_compact's paths on the host: one small device-to-host copy
+// per call, the price of a clear error instead of a wrong walk, an overflow or a corrupted cache.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,14 +12,90 @@
 #include <torch/library.h>
 
 #include "kv_compact_kernel.cuh"
+#include "specdec/attention_checks.h"
 #include "specdec/kv_checks.h"
 #include "specdec/tree_checks.h"
+#include "tree_attention_kernel.cuh"
 #include "tree_verify_kernel.cuh"
 
 namespace specdec::cuda {
 namespace {
 
 static_assert(kMaxNodes == kMaxTreeNodes, "the kernels' shared tree must hold the largest tree the checks allow");
+
+// ---------------------------------------------------------------- tree_attention
+template <class T, int D>
+void launch_attention(const TreeAttentionParams<T>& params, int64_t row_tiles, int64_t heads, cudaStream_t stream) {
+  constexpr int kSmem = 2 * 2 * kAttnChunk * (D + kAttnRowPad) * sizeof(T);  // 2 stages of K and V
+  // Past 48 KiB a kernel must opt in to dynamic shared memory (once per process is enough; it is cheap).
+  C10_CUDA_CHECK(cudaFuncSetAttribute(tree_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  const dim3 grid(params.splits, row_tiles, heads);
+  tree_attention_kernel<T, D><<<grid, kAttnThreads, kSmem, stream>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <class T>
+void run_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
+               const at::Tensor& mask, const AttentionShapes& s, double scale, at::Tensor& out) {
+  const int64_t splits = (s.longest + kAttnSplit - 1) / kAttnSplit, heads = s.B * s.Hkv;
+  const at::Tensor partial_o = at::empty({heads, splits, s.rows, s.D}, q.options().dtype(at::kFloat));
+  const at::Tensor partial_ml = at::empty({heads, splits, s.rows, 2}, q.options().dtype(at::kFloat));
+  const TreeAttentionParams<T> params{
+      reinterpret_cast<const T*>(q.data_ptr()),
+      reinterpret_cast<const T*>(k_cache.data_ptr()),
+      reinterpret_cast<const T*>(v_cache.data_ptr()),
+      cache_lens.data_ptr<int32_t>(),
+      mask.defined() ? reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()) : nullptr,
+      partial_o.data_ptr<float>(),
+      partial_ml.data_ptr<float>(),
+      static_cast<float>(scale * 1.4426950408889634),  // log2(e): the kernel exponentiates with exp2
+      static_cast<int>(s.T), static_cast<int>(s.Hq), static_cast<int>(s.Hkv), static_cast<int>(s.group),
+      static_cast<int>(s.rows), static_cast<int>(s.S), static_cast<int>(splits), static_cast<int>((s.T + 63) / 64)};
+  const int64_t row_tiles = (s.rows + kAttnTileRows - 1) / kAttnTileRows;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (s.D == 64)
+    launch_attention<T, 64>(params, row_tiles, heads, stream);
+  else
+    launch_attention<T, 128>(params, row_tiles, heads, stream);
+  tree_attention_merge_kernel<T><<<dim3(s.rows, heads), s.D, 0, stream>>>(
+      params.partial_o, params.partial_ml, params.cache_lens, reinterpret_cast<T*>(out.data_ptr()), params.T,
+      params.Hq, params.Hkv, params.group, params.rows, params.splits, static_cast<int>(s.D));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+at::Tensor tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                               const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask, double scale) {
+  SPECDEC_CHECK_DIM(cache_lens, 1);
+  SPECDEC_CHECK_DTYPE(cache_lens, at::kInt);
+  SPECDEC_CHECK_SAME_DEVICE(q, cache_lens);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor lens_host = cache_lens.to(at::kCPU).contiguous();
+  const AttentionShapes s = check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask,
+                                                      lens_host.data_ptr<int32_t>());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+              "q must be float16 or bfloat16 on CUDA, got ", q.scalar_type());
+  TORCH_CHECK(k_cache.scalar_type() == q.scalar_type(), "k_cache and v_cache must have the dtype of q (",
+              q.scalar_type(), ") on CUDA, got ", k_cache.scalar_type());
+  TORCH_CHECK(s.D == 64 || s.D == 128, "head dim must be 64 or 128 on CUDA, got ", s.D);
+  TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), "k_cache and v_cache must start on a 16-byte boundary");
+  TORCH_CHECK(s.B * s.Hkv <= 65535 && s.S < (int64_t{1} << 31), "B * Hkv must be <= 65535 and S_max < 2^31, got ",
+              s.B * s.Hkv, " and ", s.S);
+  at::Tensor qc = q.contiguous();
+  if (!aligned16(qc)) qc = qc.clone();
+  const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
+  const at::Tensor lens = cache_lens.contiguous();
+  at::Tensor out = at::empty_like(qc);
+  if (s.B == 0 || s.Hq == 0) return out;
+  if (q.scalar_type() == at::kHalf)
+    run_attention<__half>(qc, k_cache, v_cache, lens, mask, s, scale, out);
+  else
+    run_attention<__nv_bfloat16>(qc, k_cache, v_cache, lens, mask, s, scale, out);
+  return out;
+}
+
+// ---------------------------------------------------------------- tree verification
 
 template <class T>
 struct Tag {
@@ -111,6 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_sample_cuda(
   return out.tuple();
 }
 
+// ---------------------------------------------------------------- kv_compact
 // The widest access (16, 8, 4, 2 or 1 bytes) that divides an entry and both caches' base addresses.
 int vector_bytes(int64_t entry_bytes, const void* k, const void* v) {
   const uintptr_t bits = static_cast<uintptr_t>(entry_bytes) | reinterpret_cast<uintptr_t>(k) |
@@ -164,6 +241,7 @@ void kv_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& cache
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
+  m.impl("tree_attention", &tree_attention_cuda);
   m.impl("tree_verify_greedy", &tree_verify_greedy_cuda);
   m.impl("tree_verify_sample", &tree_verify_sample_cuda);
   m.impl("kv_compact", &kv_compact_cuda);
