@@ -1,3 +1,5 @@
+"""CPU tree_attention vs the float64 reference: random trees, chains, tile and split boundaries, every dtype
+and ISA, strided inputs, bitwise batch invariance, opcheck, and bad inputs (each in its own function)."""
 import pytest
 import torch
 from conftest import TOLERANCES
@@ -9,6 +11,9 @@ from w4a16_samples import ISAS, cpu_isa, isa_supported
 from specdec_kernels import ops, reference, tree
 
 SUPPORTED_ISAS = [isa for isa in ISAS if isa_supported(isa)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (Hq, Hkv, D): SmolLM2, Llama-3-8B, MHA, MQA, small and large head dims
+HEADS = [(9, 3, 64), (32, 8, 128), (4, 4, 32), (8, 1, 16), (2, 1, 256)]
 
 
 def make_inputs(batch, t, hq, hkv, d, cache_lens, dtype=torch.float32, seed=0, spare=3):
@@ -20,27 +25,29 @@ def make_inputs(batch, t, hq, hkv, d, cache_lens, dtype=torch.float32, seed=0, s
     return q, k, v, torch.tensor(cache_lens, dtype=torch.int32)
 
 
-def assert_matches_reference(q, k, v, lens, mask):
-    got = ops.tree_attention(q, k, v, lens, mask)
-    expected = reference.tree_attention(q, k, v, lens, mask)
+def assert_matches_reference(q, k, v, lens, mask, scale=None):
+    got = ops.tree_attention(q, k, v, lens, mask, scale)
+    expected = reference.tree_attention(q, k, v, lens, mask, scale)
+    assert got.dtype == q.dtype and got.shape == q.shape
     atol, rtol = TOLERANCES[q.dtype]
     torch.testing.assert_close(got.double(), expected.double(), atol=atol, rtol=rtol)
 
 
 @settings(max_examples=40, deadline=None)
-@given(trees(max_batch=2, max_nodes=40), st.sampled_from([(4, 2, 64), (9, 3, 64), (2, 1, 128), (4, 4, 32)]),
-       st.integers(0, 150), st.integers(0, 10**6))
-def test_random_trees_match_reference(sample, heads, longest_cache, seed):
+@given(trees(max_batch=3, max_nodes=40), st.sampled_from(HEADS), st.integers(0, 600), st.sampled_from(DTYPES),
+       st.integers(0, 10**6))
+def test_random_trees_match_reference(sample, heads, longest_cache, dtype, seed):
+    """Ragged batches (padding nodes), different cache lengths per row, caches across chunk/split bounds."""
     _, parents = sample
     hq, hkv, d = heads
     lens = [(longest_cache * (b + 1)) // parents.shape[0] for b in range(parents.shape[0])]
-    q, k, v, lens = make_inputs(parents.shape[0], parents.shape[1], hq, hkv, d, lens, seed=seed)
+    q, k, v, lens = make_inputs(parents.shape[0], parents.shape[1], hq, hkv, d, lens, dtype=dtype, seed=seed)
     assert_matches_reference(q, k, v, lens, tree.pack_tree_mask(parents))
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("t,cache_len", [(1, 0), (1, 200), (7, 64), (70, 90)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t,cache_len", [(1, 0), (1, 200), (7, 64), (70, 90), (16, 250)])
 def test_chains_every_dtype_and_isa(isa, dtype, t, cache_len):
     q, k, v, lens = make_inputs(1, t, 6, 2, 64, [cache_len], dtype=dtype)
     with cpu_isa(isa):
@@ -51,15 +58,81 @@ def test_chains_every_dtype_and_isa(isa, dtype, t, cache_len):
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ragged_tree_every_isa(isa, dtype):
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 3, -2, -2], [-1, 0, 1, 2, 0, 4, 4, 6, 0]])
+    q, k, v, lens = make_inputs(2, 9, 8, 2, 128, [300, 17], dtype=dtype, seed=3)
+    with cpu_isa(isa):
+        assert_matches_reference(q, k, v, lens, tree.pack_tree_mask(parents))
+
+
+@pytest.mark.parametrize("hq,hkv,d", HEADS)
+@pytest.mark.parametrize("t", [1, 2, 5, 6, 11, 16, 17, 33, 64])
+def test_row_blocks_and_heads(hq, hkv, d, t):
+    """Query rows T * Hq / Hkv on both sides of every 16-row vector and 3-vector register block."""
+    q, k, v, lens = make_inputs(1, t, hq, hkv, d, [77], seed=t)
+    assert_matches_reference(q, k, v, lens, tree.causal_mask(1, t))
+
+
+@pytest.mark.parametrize("cache_len", [0, 63, 64, 65, 191, 255, 256, 257, 511, 700])
+def test_chunk_and_split_boundaries(cache_len):
+    """Caches ending just before, at and after 64-position chunks and 256-position splits."""
+    q, k, v, lens = make_inputs(2, 3, 4, 2, 64, [cache_len, max(cache_len - 60, 0)], seed=cache_len)
+    assert_matches_reference(q, k, v, lens, None)
+
+
+def test_two_mask_words_and_max_nodes():
+    parents = torch.tensor([[-1] + [max(i - 1 - i % 3, 0) for i in range(1, 256)]])
+    q, k, v, lens = make_inputs(1, 256, 4, 2, 32, [40])
+    assert_matches_reference(q, k, v, lens, tree.pack_tree_mask(parents))
+
+
+def test_custom_scale():
+    q, k, v, lens = make_inputs(1, 4, 4, 2, 64, [30])
+    assert_matches_reference(q, k, v, lens, None, scale=0.3)
+
+
+def test_row_that_sees_nothing_is_zero():
+    """An empty mask row with an empty cache has no softmax; the op returns 0 there (the reference: NaN)."""
+    q, k, v, lens = make_inputs(1, 2, 2, 1, 16, [0])
+    mask = torch.tensor([[[1], [0]]], dtype=torch.long)
+    out = ops.tree_attention(q, k, v, lens, mask)
+    assert torch.equal(out[0, 1], torch.zeros(2, 16)) and out[0, 0].abs().sum() > 0
+
+
+def test_non_contiguous_inputs():
+    """q as a transposed view, K/V as head slices of one fused [B, S, 2 Hkv, D] cache, a strided mask."""
+    q, _, _, lens = make_inputs(2, 5, 8, 2, 64, [20, 33])
+    g = torch.Generator().manual_seed(1)
+    kv = torch.randn(2, 40, 4, 64, generator=g)
+    k, v = kv[:, :, :2], kv[:, :, 2:]
+    q_strided = q.transpose(1, 2).contiguous().transpose(1, 2)
+    parents = torch.tensor([[-1, 0, 0, 1, 2], [-1, 0, 1, 1, -2]])
+    mask = tree.pack_tree_mask(parents).repeat(1, 1, 2)[:, :, ::2]
+    assert not (q_strided.is_contiguous() or k.is_contiguous() or mask.is_contiguous())
+    expected = reference.tree_attention(q, k.contiguous(), v.contiguous(), lens, tree.pack_tree_mask(parents))
+    torch.testing.assert_close(ops.tree_attention(q_strided, k, v, lens, mask).double(), expected.double(),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_many_partials_in_waves():
+    """Enough (KV head, split) partials to exceed the kernel's partial budget: folded wave by wave."""
+    q, k, v, lens = make_inputs(1, 256, 8, 2, 256, [8200], spare=0)
+    assert_matches_reference(q, k, v, lens, None)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 def test_batch_invariance_bitwise(isa):
     """Verifying T chain tokens at once gives, bit for bit, what decoding them one at a time gives."""
-    t, cache_len = 20, 117
-    q, k, v, _ = make_inputs(1, t, 9, 3, 64, [cache_len])
-    with cpu_isa(isa):
-        together = ops.tree_attention(q, k, v, torch.tensor([cache_len], dtype=torch.int32))
-        for j in range(t):
-            alone = ops.tree_attention(q[:, j : j + 1], k, v, torch.tensor([cache_len + j], dtype=torch.int32))
-            assert torch.equal(alone[0, 0], together[0, j])
+    t, cache_len = 40, 217
+    for hq, hkv, d in [(9, 3, 64), (32, 8, 128)]:
+        q, k, v, _ = make_inputs(1, t, hq, hkv, d, [cache_len])
+        with cpu_isa(isa):
+            together = ops.tree_attention(q, k, v, torch.tensor([cache_len], dtype=torch.int32))
+            for j in range(t):
+                alone = ops.tree_attention(q[:, j : j + 1], k, v, torch.tensor([cache_len + j], dtype=torch.int32))
+                assert torch.equal(alone[0, 0], together[0, j]), (hq, j)
 
 
 def test_batch_invariance_check_can_fail():
@@ -71,16 +144,26 @@ def test_batch_invariance_check_can_fail():
     assert not torch.equal(alone[0, 0], together[0, 0])
 
 
-def test_opcheck():
-    q, k, v, lens = make_inputs(2, 5, 4, 2, 64, [3, 9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck(dtype):
+    q, k, v, lens = make_inputs(2, 5, 4, 2, 64, [3, 9], dtype=dtype)
     mask = tree.pack_tree_mask(torch.tensor([[-1, 0, 0, 1, 1], [-1, 0, 1, 2, -2]]))
     torch.library.opcheck(torch.ops.specdec.tree_attention, (q, k, v, lens, mask, 0.125))
+    torch.library.opcheck(torch.ops.specdec.tree_attention, (q, k, v, lens, None, 0.125))
 
+
+# ---- bad inputs ----
 
 def test_cache_overflow():
     q, k, v, _ = make_inputs(1, 4, 4, 2, 64, [0], spare=0)
     with pytest.raises(RuntimeError, match="cache overflow"):
         ops.tree_attention(q, k, v, torch.tensor([1], dtype=torch.int32))
+
+
+def test_negative_cache_len():
+    q, k, v, _ = make_inputs(1, 2, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match="cache overflow in row 0: cache_lens -1"):
+        ops.tree_attention(q, k, v, torch.tensor([-1], dtype=torch.int32))
 
 
 def test_heads_not_a_multiple():
@@ -89,10 +172,69 @@ def test_heads_not_a_multiple():
         ops.tree_attention(q, k, v, lens)
 
 
+def test_head_dim_not_a_multiple_of_16():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 40, [4])
+    with pytest.raises(RuntimeError, match="head dim must be a multiple of 16"):
+        ops.tree_attention(q, k, v, lens)
+
+
+def test_head_dim_mismatch():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match=r"k_cache.size\(3\) must be 64"):
+        ops.tree_attention(q, k[..., :32], v[..., :32], lens)
+
+
+def test_batch_mismatch():
+    q, k, v, lens = make_inputs(2, 2, 4, 2, 64, [4, 4])
+    with pytest.raises(RuntimeError, match=r"k_cache.size\(0\) must be 2"):
+        ops.tree_attention(q, k[:1], v[:1], lens)
+    with pytest.raises(RuntimeError, match=r"cache_lens.size\(0\) must be 2"):
+        ops.tree_attention(q, k, v, lens[:1])
+
+
+def test_value_cache_shape():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match="v_cache must have the shape of k_cache"):
+        ops.tree_attention(q, k, v[:, :-1], lens)
+
+
+def test_dtype_mismatch():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match="k_cache must be Float"):
+        ops.tree_attention(q, k.bfloat16(), v.bfloat16(), lens)
+    with pytest.raises(RuntimeError, match="v_cache must be Float"):
+        ops.tree_attention(q, k, v.half(), lens)
+    with pytest.raises(RuntimeError, match="q must be float32, bfloat16 or float16"):
+        ops.tree_attention(q.double(), k.double(), v.double(), lens)
+
+
+def test_head_dim_not_contiguous():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
+    k_strided = k.transpose(2, 3).contiguous().transpose(2, 3)
+    with pytest.raises(RuntimeError, match="contiguous in the head dim"):
+        ops.tree_attention(q, k_strided, v, lens)
+
+
+def test_wrong_ranks():
+    q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match="q must have 4 dims"):
+        ops.tree_attention(q[0], k, v, lens)
+    with pytest.raises(RuntimeError, match="k_cache must have 4 dims"):
+        ops.tree_attention(q, k[0], v[0], lens)
+    with pytest.raises(RuntimeError, match="cache_lens must have 1 dims"):
+        ops.tree_attention(q, k, v, lens[None])
+
+
 def test_mask_shape():
     q, k, v, lens = make_inputs(1, 3, 4, 2, 64, [4])
     with pytest.raises(RuntimeError, match="tree_mask must have shape"):
         ops.tree_attention(q, k, v, lens, torch.zeros(1, 2, 1, dtype=torch.long))
+
+
+def test_mask_dtype():
+    q, k, v, lens = make_inputs(1, 3, 4, 2, 64, [4])
+    with pytest.raises(RuntimeError, match="tree_mask must be Long"):
+        ops.tree_attention(q, k, v, lens, torch.zeros(1, 3, 1, dtype=torch.int32))
 
 
 def test_too_many_tokens():

@@ -60,7 +60,8 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
                 " > S_max ", s.S);
   }
   if (tree_mask.has_value()) {
-    SPECDEC_CHECK_DTYPE((*tree_mask), at::kLong);
+    TORCH_CHECK(tree_mask->scalar_type() == at::kLong, "tree_mask must be Long (int64), got ",
+                tree_mask->scalar_type());
     const std::vector<int64_t> shape{s.B, s.T, (s.T + 63) / 64};
     TORCH_CHECK(tree_mask->sizes() == shape, "tree_mask must have shape ", shape, ", got ", tree_mask->sizes());
     SPECDEC_CHECK_SAME_DEVICE(q, (*tree_mask));
