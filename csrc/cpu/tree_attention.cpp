@@ -186,7 +186,8 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   std::vector<float> scratch(at::get_num_threads() * scratch_floats);
   const Kernels kernel = kernels();
   const CacheType type = cache_type(q.scalar_type());
-  const char *k_base = static_cast<const char*>(k_cache.data_ptr()), *v_base = static_cast<const char*>(v_cache.data_ptr());
+  const char* k_base = static_cast<const char*>(k_cache.data_ptr());
+  const char* v_base = static_cast<const char*>(v_cache.data_ptr());
   const int64_t element = k_cache.element_size();
 
   for (int64_t w0 = 0; w0 < n_tasks;) {
@@ -227,6 +228,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.heads = static_cast<int>(g.heads);
       a.D = static_cast<int>(s.D);
       a.row_vectors = static_cast<int>(s.row_vectors);
+      a.rows = static_cast<int>(s.rows);
       a.qt = qt.data_ptr<float>() + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
       a.new_visible = visible.data() + g.b * s.T * s.row_vectors;
       a.cache_len = len[g.b];

@@ -20,7 +20,7 @@ struct SplitArgs {
   const void* v;  //   likewise for v; D contiguous elements each
   long k_stride, k_head_stride, v_stride, v_head_stride;
   CacheType type;
-  int heads, D, row_vectors;
+  int heads, D, row_vectors, rows;  // rows = T * group <= row_vectors * 16
   const float* qt;                    // [heads][D][row_vectors * 16] queries, pre-scaled, 0 in padding rows
   const unsigned short* new_visible;  // [T][row_vectors]: lane mask of the rows that see new token j
   long cache_len;   // every row sees positions < cache_len; new token j sits at cache_len + j
@@ -31,8 +31,9 @@ struct SplitArgs {
 };
 
 inline long partial_floats(int D, int row_vectors) { return (D + 2L) * row_vectors * 16; }
+// staged K and V [heads][kChunk][D], scores [kChunk][row block], o by rows [heads][16][D] (T * group <= 16)
 inline long split_scratch_floats(int heads, int D) {
-  return 2L * heads * kAttentionChunk * D + kAttentionChunk * kAttentionRowBlock * 16;
+  return 2L * heads * kAttentionChunk * D + kAttentionChunk * kAttentionRowBlock * 16 + heads * 16L * D;
 }
 
 #define SPECDEC_TREE_ATTENTION_DECL                                                \
