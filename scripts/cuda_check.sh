@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile every csrc/cuda/*.cu for sm_80 and sm_90a without a GPU, print ptxas' register/spill report
 # per kernel, and fail if a GEMM kernel spills to local memory. Used by `make cuda-check` and CI.
-# One nvcc call per file covers both architectures (the host side, most of the time, is compiled once);
-# files compile in parallel (CUDA_CHECK_JOBS, default: the number of cores).
+# The flags are setup.py's (torch's CUDAExtension adds the __CUDA_NO_HALF*__ defines: no implicit half
+# conversions). One nvcc call per file covers both architectures (the host side, most of the time, is
+# compiled once); files compile in parallel (CUDA_CHECK_JOBS, default: the number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,7 +26,8 @@ compile() {  # $1 = a .cu file; ptxas' report goes to $out/<name>.log
   name=$(basename "$1" .cu)
   if "$NVCC" -std=c++20 -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo -Xptxas -v --threads 2 \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc $includes \
-    -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -c "$1" -o "$out/$name.o" >"$out/$name.log" 2>&1; then
+    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+    -D__CUDA_NO_HALF2_OPERATORS__ -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -c "$1" -o "$out/$name.o" >"$out/$name.log" 2>&1; then
     echo "compiled $1"
   else
     cat "$out/$name.log" >&2

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -73,20 +74,24 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
 }
 
 // qt [B, Hkv, D, ldq]: qt[b, h, d, t * group + g] = scale * q[b, t, h * group + g, d]; padding rows 0.
-// On the calling thread: it is B T Hq D elements, small next to the attention itself.
-at::Tensor pack_queries(const at::Tensor& q, double scale, const Shapes& s) {
+// On the calling thread: it is B T Hq D elements, small next to the attention itself. Writes in order
+// (the rows read, one per query row, stay in L1 across 16 dims).
+void pack_queries(const at::Tensor& q, double scale, const Shapes& s, float* qt) {
   const at::Tensor qf = q.to(at::kFloat);
-  at::Tensor qt = at::zeros({s.B, s.Hkv, s.D, s.ldq()}, qf.options());
-  const auto src = qf.accessor<float, 4>();
-  float* dst = qt.data_ptr<float>();
   const float factor = static_cast<float>(scale);
+  const int64_t ldq = s.ldq(), dim_stride = qf.stride(3);
+  std::vector<const float*> row(s.rows);
   for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t t = 0; t < s.T; ++t)
-      for (int64_t hq = 0; hq < s.Hq; ++hq) {
-        float* out = dst + (b * s.Hkv + hq / s.group) * s.D * s.ldq() + t * s.group + hq % s.group;
-        for (int64_t d = 0; d < s.D; ++d) out[d * s.ldq()] = factor * src[b][t][hq][d];
+    for (int64_t h = 0; h < s.Hkv; ++h) {
+      for (int64_t r = 0; r < s.rows; ++r)
+        row[r] = qf.data_ptr<float>() + b * qf.stride(0) + r / s.group * qf.stride(1) +
+                 (h * s.group + r % s.group) * qf.stride(2);
+      for (int64_t d = 0; d < s.D; ++d) {
+        float* out = qt + ((b * s.Hkv + h) * s.D + d) * ldq;
+        for (int64_t r = 0; r < s.rows; ++r) out[r] = factor * row[r][d * dim_stride];
+        std::fill(out + s.rows, out + ldq, 0.f);
       }
-  return qt;
+    }
 }
 
 // [B, T, row_vectors] lane masks: bit (r % 16) of entry (b, j, r / 16) is set iff row r (token r / group)
@@ -153,13 +158,18 @@ int64_t heads_per_group(const Shapes& s, int64_t splits) {
 // Partials of one wave of tasks live at once; bounded so that long caches with many rows stay small.
 constexpr int64_t kPartialBudgetFloats = int64_t{16} << 20;
 
+// Float workspace of the calling thread, kept between calls (fresh pages would cost a fault each).
+float* workspace(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
 at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask, double scale) {
   const Shapes s = check_inputs(q, k_cache, v_cache, cache_lens, tree_mask);
   const at::Tensor lens = cache_lens.contiguous();
   const int32_t* len = lens.data_ptr<int32_t>();
-  const at::Tensor qt = pack_queries(q, scale, s);
-  const std::vector<uint16_t> visible = new_token_visibility(tree_mask, s);
 
   int64_t longest = 0;
   for (int64_t b = 0; b < s.B; ++b) longest = std::max<int64_t>(longest, len[b] + s.T);
@@ -172,46 +182,62 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       groups.push_back({b, h0, std::min(hp, s.Hkv - h0), static_cast<int64_t>(group_of.size()), splits});
       group_of.insert(group_of.end(), splits, static_cast<int64_t>(groups.size()) - 1);
     }
-  // task i's partials (one per head of its group) at offset[i]
+  // task i's partials (one per head of its group) at offset[i]; waves [wave_start[w], wave_start[w + 1])
   const int64_t part = partial_floats(s.D, s.row_vectors), n_tasks = static_cast<int64_t>(group_of.size());
-  std::vector<int64_t> offset(n_tasks + 1, 0);
+  std::vector<int64_t> offset(n_tasks + 1, 0), wave_start{0};
   for (int64_t i = 0; i < n_tasks; ++i) offset[i + 1] = offset[i] + groups[group_of[i]].heads * part;
+  int64_t wave_floats = 0;
+  while (wave_start.back() < n_tasks) {
+    const int64_t w0 = wave_start.back();
+    int64_t w1 = w0 + 1;  // at least one task, then as many as the budget holds
+    while (w1 < n_tasks && offset[w1 + 1] - offset[w0] <= kPartialBudgetFloats) ++w1;
+    wave_floats = std::max(wave_floats, offset[w1] - offset[w0]);
+    wave_start.push_back(w1);
+  }
 
-  const auto floats = q.options().dtype(at::kFloat);
-  // acc[b * Hkv + h]: the fold of that head's partials so far; starts empty (o = 0, m = -inf, l = 0)
-  at::Tensor acc = at::zeros({s.B * s.Hkv, s.D + 2, s.ldq()}, floats);
-  acc.select(1, s.D).fill_(-INFINITY);
-  at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, floats);
+  // workspace: qt [B, Hkv, D, ldq] | acc [B * Hkv][part] | partials of a wave | scratch per thread
+  const int64_t qt_floats = s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
   const int64_t scratch_floats = split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
-  std::vector<float> scratch(at::get_num_threads() * scratch_floats);
+  float* qt = workspace(qt_floats + acc_floats + wave_floats + at::get_num_threads() * scratch_floats);
+  float *acc = qt + qt_floats, *partials = acc + acc_floats, *scratch = partials + wave_floats;
+  pack_queries(q, scale, s, qt);
+  const std::vector<uint16_t> visible = new_token_visibility(tree_mask, s);
+  at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, q.options().dtype(at::kFloat));
   const Kernels kernel = kernels();
   const CacheType type = cache_type(q.scalar_type());
   const char* k_base = static_cast<const char*>(k_cache.data_ptr());
   const char* v_base = static_cast<const char*>(v_cache.data_ptr());
   const int64_t element = k_cache.element_size();
 
-  for (int64_t w0 = 0; w0 < n_tasks;) {
-    int64_t w1 = w0 + 1;  // a wave: at least one task, then as many as the budget holds
-    while (w1 < n_tasks && offset[w1 + 1] - offset[w0] <= kPartialBudgetFloats) ++w1;
-    at::Tensor partials = at::empty({offset[w1] - offset[w0]}, floats);
+  for (size_t w = 0; w + 1 < wave_start.size(); ++w) {
+    const int64_t w0 = wave_start[w], w1 = wave_start[w + 1];
     std::vector<std::atomic<int64_t>> unfinished(groups.size());  // tasks of each group left in this wave
     for (int64_t i = w0; i < w1; ++i) ++unfinished[group_of[i]];
 
-    // Folds group g's partials of this wave into acc in position order; after its last split,
+    // Folds group g's partials of this wave into acc in position order (the first one is copied: the
+    // fold of an empty acc with it gives it back exactly); after its last split,
     // out[b, t, h * group + g, :] = o[:, r] / l[r] with r = t * group + g.
     auto fold_group = [&](const HeadGroup& g) {
       const int64_t first = std::max(g.first_task, w0), last = std::min(g.first_task + g.splits, w1);
       for (int64_t h = g.h0; h < g.h0 + g.heads; ++h) {
-        float* o = acc.data_ptr<float>() + (g.b * s.Hkv + h) * part;
-        for (int64_t i = first; i < last; ++i)
-          kernel.fold_partial(o, partials.data_ptr<float>() + offset[i] - offset[w0] + (h - g.h0) * part,
-                              static_cast<int>(s.D), static_cast<int>(s.row_vectors));
+        float* o = acc + (g.b * s.Hkv + h) * part;
+        for (int64_t i = first; i < last; ++i) {
+          const float* partial = partials + offset[i] - offset[w0] + (h - g.h0) * part;
+          if (i == g.first_task)
+            std::copy(partial, partial + part, o);
+          else
+            kernel.fold_partial(o, partial, static_cast<int>(s.D), static_cast<int>(s.row_vectors));
+        }
         if (last < g.first_task + g.splits) continue;
         const float* l = o + (s.D + 1) * s.ldq();
+        std::vector<float*> dst(s.rows);
+        std::vector<float> inverse(s.rows);
         for (int64_t r = 0; r < s.rows; ++r) {
-          float* dst = out.data_ptr<float>() + ((g.b * s.T + r / s.group) * s.Hq + h * s.group + r % s.group) * s.D;
-          for (int64_t d = 0; d < s.D; ++d) dst[d] = l[r] > 0.f ? o[d * s.ldq() + r] / l[r] : 0.f;
+          dst[r] = out.data_ptr<float>() + ((g.b * s.T + r / s.group) * s.Hq + h * s.group + r % s.group) * s.D;
+          inverse[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // a row that sees nothing gives 0
         }
+        for (int64_t d = 0; d < s.D; ++d)  // reads in order; the rows written stay in L1 across 16 dims
+          for (int64_t r = 0; r < s.rows; ++r) dst[r][d] = o[d * s.ldq() + r] * inverse[r];
       }
     };
 
@@ -229,19 +255,18 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.D = static_cast<int>(s.D);
       a.row_vectors = static_cast<int>(s.row_vectors);
       a.rows = static_cast<int>(s.rows);
-      a.qt = qt.data_ptr<float>() + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
+      a.qt = qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
       a.new_visible = visible.data() + g.b * s.T * s.row_vectors;
       a.cache_len = len[g.b];
       a.begin = (w0 + i - g.first_task) * kAttentionSplit;
       a.end = std::min<int64_t>(a.begin + kAttentionSplit, len[g.b] + s.T);
       a.prefetch_end = len[g.b] + s.T;
-      a.partial = partials.data_ptr<float>() + offset[w0 + i] - offset[w0];
-      a.scratch = scratch.data() + slot * scratch_floats;
+      a.partial = partials + offset[w0 + i] - offset[w0];
+      a.scratch = scratch + slot * scratch_floats;
       kernel.attend_split(a);
       // the thread that finishes a group's last task of the wave folds the group
       if (unfinished[group_of[w0 + i]].fetch_sub(1, std::memory_order_acq_rel) == 1) fold_group(g);
     });
-    w0 = w1;
   }
   return out.to(q.scalar_type());
 }
