@@ -1,13 +1,13 @@
 """The runner on the embedded model (SmolLM2-135M-Instruct Q4_1) and on a tiny random GGUF model."""
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from specdec_kernels import tree
 from specdec_kernels.generate import generate
 from specdec_kernels.models import embedded_model_path, load_gguf
+from tiny_models import write_tiny_gguf
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1345]
 
@@ -87,46 +87,9 @@ def test_bad_generation_inputs(model):
         generate(model, PROMPT, 1000)
 
 
-def _write_gguf(path, arch="llama", q4=True):
-    import gguf
-
-    rng = np.random.default_rng(0)
-    dim, hidden, heads, kv_heads, vocab = 64, 96, 4, 2, 40
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(1)
-    writer.add_context_length(128)
-    writer.add_embedding_length(dim)
-    writer.add_feed_forward_length(hidden)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-
-    def add(name, shape, quantize):
-        w = rng.standard_normal(shape).astype(np.float32) * 0.1
-        if quantize:
-            writer.add_tensor(name, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
-                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)
-        else:
-            writer.add_tensor(name, w)
-
-    add("token_embd.weight", (vocab, dim), False)
-    add("output_norm.weight", (dim,), False)
-    add("blk.0.attn_norm.weight", (dim,), False)
-    add("blk.0.ffn_norm.weight", (dim,), False)
-    for name, shape in [("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)), ("attn_v", (dim // 2, dim)),
-                        ("attn_output", (dim, dim)), ("ffn_gate", (hidden, dim)), ("ffn_up", (hidden, dim)),
-                        ("ffn_down", (dim, hidden))]:
-        add(f"blk.0.{name}.weight", shape, q4)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def test_tiny_random_model_batch_invariance(tmp_path):
     path = str(tmp_path / "tiny.gguf")
-    _write_gguf(path)
+    write_tiny_gguf(path)
     tiny = load_gguf(path, max_seq_len=64)
     tokens = torch.tensor([[1, 5, 7, 9, 3]])
     together, _ = tiny(tokens)
@@ -138,7 +101,7 @@ def test_tiny_random_model_batch_invariance(tmp_path):
 
 def test_unknown_architecture(tmp_path):
     path = str(tmp_path / "gpt.gguf")
-    _write_gguf(path, arch="gpt2")
+    write_tiny_gguf(path, arch="gpt2")
     with pytest.raises(ValueError, match="architecture 'gpt2' is not supported"):
         load_gguf(path)
 

@@ -1,9 +1,8 @@
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stats import chi_square, chi_square_critical
 from tree_strategies import distinct_sibling_tokens, trees
 
 from specdec_kernels import ops, reference
@@ -110,17 +109,6 @@ ROOT_P = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
 # A Markov target: after token x the next-token distribution is MARKOV[x].
 MARKOV = torch.softmax(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(7)), -1)
 PARENTS_ROW = [-1, 0, 0, 0, 1, 1, 2, 4]  # a root with 3 children, depth 3
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    expected = probs * counts.sum()
-    return float(((counts - expected) ** 2 / expected).sum())
-
-
-def chi_square_critical(dof: int) -> float:
-    """Upper 0.1% point of chi-square (Wilson-Hilferty), so that a correct sampler fails 1 in 1000 seeds."""
-    z = 3.09
-    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
 def emitted_pairs(sampled_drafts: bool, bias: bool = False, seed: int = 0):

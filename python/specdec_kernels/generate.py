@@ -1,9 +1,12 @@
-"""Plain autoregressive decoding on the runner (the baseline every speculative method is measured against)."""
+"""Decoding on the runner: plain autoregressive decoding (the baseline every speculative method is measured
+against) and speculative decoding with a drafter's trees, verified losslessly by the tree ops."""
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional
 
 import torch
 
+from . import ops
 from .models import Transformer
 from .reference import sample_from, target_probs
 
@@ -13,7 +16,14 @@ class GenerationResult:
     tokens: List[int]                      # the new tokens (stop token included when one ended the run)
     steps: int = 0                         # target forwards after the prefill
     seconds: float = 0.0
-    accepted_per_step: List[int] = field(default_factory=list)
+    accepted_per_step: List[int] = field(default_factory=list)  # tokens emitted per target forward (bonus included)
+    draft_sizes: List[int] = field(default_factory=list)        # tree nodes verified per step (root included)
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return sum(self.accepted_per_step) / max(len(self.accepted_per_step), 1)
 
 
 def choose_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
@@ -30,31 +40,95 @@ def generate(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int,
              top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None, stop_tokens: Iterable[int] = (),
              stream: Optional[Callable[[int], None]] = None) -> GenerationResult:
     """Decode one token per forward. `stream(token)` is called as each token is produced."""
-    import time
+    prompt = _check_prompt(model, prompt_ids, max_new_tokens)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = _Output(max_new_tokens, stop_tokens, stream)
+    logits, _ = _prefill(model, prompt)
+    while not out.emit(choose_token(logits[0, -1], temperature, top_p, top_k, generator)):
+        logits, _ = model(torch.tensor([[out.result.tokens[-1]]]))
+        model.commit(1)
+        out.result.steps += 1
+        out.result.accepted_per_step.append(1)
+    return out.result
 
+
+class _Output:
+    """The emitted tokens so far: streams them and says when decoding ends (a stop token, max_new_tokens)."""
+
+    def __init__(self, max_new_tokens: int, stop_tokens: Iterable[int], stream: Optional[Callable[[int], None]]):
+        self.result = GenerationResult(tokens=[])
+        self.max_new_tokens, self.stops, self.stream = max_new_tokens, set(stop_tokens), stream
+        self.start = time.perf_counter()
+
+    def emit(self, token: int) -> bool:
+        """Append token; True when it ends the output."""
+        self.result.tokens.append(token)
+        if self.stream is not None:
+            self.stream(token)
+        done = token in self.stops or len(self.result.tokens) == self.max_new_tokens
+        if done:
+            self.result.seconds = time.perf_counter() - self.start
+        return done
+
+
+def _check_prompt(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int) -> List[int]:
     prompt = list(prompt_ids)
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
     if len(prompt) + max_new_tokens > model.max_seq_len:
         raise ValueError(f"context overflow: {len(prompt)} prompt + {max_new_tokens} new tokens > "
                          f"{model.max_seq_len} (the model's cache)")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    stops = set(stop_tokens)
+    return prompt
+
+
+def _prefill(model: Transformer, prompt: List[int]):
+    """A fresh single-sequence cache holding the prompt -> (logits, hidden) of its tokens."""
     model.setup_cache(1, model.max_seq_len) if model.cache_lens.shape[0] != 1 else model.reset()
-    result = GenerationResult(tokens=[])
-    start = time.perf_counter()
-    logits, _ = model(torch.tensor([prompt]))
+    out = model(torch.tensor([prompt]))
     model.commit(len(prompt))
-    for _ in range(max_new_tokens):
-        token = choose_token(logits[0, -1], temperature, top_p, top_k, generator)
-        result.tokens.append(token)
-        if stream is not None:
-            stream(token)
-        if token in stops or len(result.tokens) == max_new_tokens:
-            break
-        logits, _ = model(torch.tensor([[token]]))
-        model.commit(1)
+    return out
+
+
+@torch.inference_mode()
+def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int], max_new_tokens: int,
+                         temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
+                         stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
+                         total_tokens: int = 16, depth: int = 4, draft_top_k: int = 4) -> GenerationResult:
+    """Each step the drafter grows a tree (`total_tokens` nodes with the root, `depth` levels, `draft_top_k`
+    children per expanded node; draft_top_k = 1 is a chain), the target verifies it in one forward, the
+    tree ops accept a path (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
+    The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
+    prompt = _check_prompt(target, prompt_ids, max_new_tokens)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = _Output(max_new_tokens, stop_tokens, stream)
+    result = out.result
+    logits, hidden = _prefill(target, prompt)
+    new_tokens = [choose_token(logits[0, -1], temperature, top_p, top_k, generator)]
+    drafter.reset()
+    # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path.
+    pending, features = prompt[1:], hidden[0]
+    while True:
+        if any(out.emit(t) for t in new_tokens):  # stops at the first token that ends the output
+            return result
+        tick = time.perf_counter()
+        root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
+        pending = []
+        size = min(total_tokens, target.max_seq_len - int(target.cache_lens[0]))  # >= 1: room for the root
+        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, size, min(depth, size - 1),
+                                  draft_top_k)
+        tock = time.perf_counter()
+        logits, hidden = target(draft.tokens, draft.positions(target.cache_lens), draft.mask())
+        if temperature == 0:
+            accept_idx, accept_len, bonus = ops.tree_verify_greedy(draft.tokens, draft.parents, logits)
+        else:
+            accept_idx, accept_len, bonus = ops.tree_verify_sample(draft.tokens, draft.parents, logits, temperature,
+                                                                   top_p, top_k, generator=generator)
+        ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
+        path = accept_idx[0, : int(accept_len[0])]
+        new_tokens = draft.tokens[0, path[1:]].tolist() + [int(bonus[0])]
+        features = hidden[0, path]
         result.steps += 1
-        result.accepted_per_step.append(1)
-    result.seconds = time.perf_counter() - start
-    return result
+        result.accepted_per_step.append(len(new_tokens))
+        result.draft_sizes.append(draft.tokens.shape[1])
+        result.draft_seconds += tock - tick
+        result.verify_seconds += time.perf_counter() - tock

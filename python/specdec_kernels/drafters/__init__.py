@@ -1,0 +1,4 @@
+"""Draft models that propose tokens for the target to verify."""
+from .eagle import EagleDrafter, EagleHead, default_head_path, select_tree
+
+__all__ = ["EagleDrafter", "EagleHead", "default_head_path", "select_tree"]

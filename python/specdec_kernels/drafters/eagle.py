@@ -1,0 +1,240 @@
+"""The EAGLE draft head (DESIGN 4.1) and the drafter that grows EAGLE-2 dynamic trees from it (4.2).
+
+Pair j of a sequence is (token x_{j+1}, the target's final-norm feature f_j); the head maps it to a predicted
+feature f'_{j+1} and, through the target's own (frozen) output rows for a reduced draft vocabulary, to logits
+for x_{j+2}:
+
+    x = fc([embed(x_{j+1}); f_j])  ->  one Llama decoder layer without its input norm  ->  f'_{j+1}
+    logits = lm_rows @ f'_{j+1}      (lm_rows: [draft_vocab, dim], draft_to_target maps their ids back)
+
+Pair j sits at rope position j. The drafter keeps the committed pairs [0, D) in its own KV cache with
+D = the target's cache length: the last committed pair carries the root (the last token produced), whose
+children the head has just predicted.
+"""
+import os
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from specdec_kernels import ops, quant, tree
+from specdec_kernels.models.gguf_loader import RowwiseLinear, SumOfLinears
+from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_tables
+
+HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
+
+
+def default_head_path(model_path: str) -> Optional[str]:
+    """The shipped head for a GGUF file (heads/<file name>.eagle.pt), or None when there is none."""
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    path = os.path.join(HEADS_DIR, f"{name}.eagle.pt")
+    return path if os.path.exists(path) else None
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The float32 [N, K] weight a runner layer multiplies by (dequantized where it is 4-bit)."""
+    if isinstance(layer, quant.W4A16Linear):
+        qw = quant.QuantizedWeight(layer.qweight, layer.scales, layer.mins, layer.group_size)
+        return quant.dequantize(qw).float()
+    if isinstance(layer, SumOfLinears):
+        return sum(dense_weight(part) for part in layer.parts)
+    if isinstance(layer, (RowwiseLinear, nn.Linear)):
+        return layer.weight.detach().float()
+    raise TypeError(f"cannot read the weight of a {type(layer).__name__}")
+
+
+class EagleHead(nn.Module):
+    """The trainable head in plain PyTorch (autograd, causal SDPA); `EagleDrafter` runs it on the ops."""
+
+    def __init__(self, config: ModelConfig, lm_rows: torch.Tensor, draft_to_target: torch.Tensor):
+        super().__init__()
+        c = self.config = config
+        kv_dim = c.n_kv_heads * c.head_dim
+        self.fc = nn.Linear(2 * c.dim, c.dim)
+        self.wqkv = nn.Linear(c.dim, c.dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(c.dim, c.dim, bias=False)
+        self.w_gate_up = nn.Linear(c.dim, 2 * c.hidden_dim, bias=False)
+        self.w_down = nn.Linear(c.hidden_dim, c.dim, bias=False)
+        self.ffn_norm = nn.Parameter(torch.ones(c.dim))
+        self.register_buffer("lm_rows", lm_rows.float())  # frozen: the target's output rows
+        self.register_buffer("draft_to_target", draft_to_target.long())
+
+    @classmethod
+    def from_target(cls, target, draft_to_target: torch.Tensor) -> "EagleHead":
+        """A head for `target` (a models.Transformer) whose decoder layer starts as the target's last one."""
+        c = target.config
+        config = ModelConfig(dim=c.dim, n_layers=1, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
+                             hidden_dim=c.hidden_dim, vocab_size=len(draft_to_target), norm_eps=c.norm_eps,
+                             rope_theta=c.rope_theta, max_seq_len=c.max_seq_len)
+        head = cls(config, dense_weight(target.lm_head)[draft_to_target], draft_to_target)
+        last = target.blocks[-1]
+        with torch.no_grad():
+            for name in ("wqkv", "wo", "w_gate_up", "w_down"):
+                getattr(head, name).weight.copy_(dense_weight(getattr(last, name)))
+            head.ffn_norm.copy_(last.ffn_norm)
+            # Start as "pass the feature through": the embedding half small, the feature half the identity.
+            head.fc.weight[:, : c.dim].mul_(0.1)
+            head.fc.weight[:, c.dim:].copy_(torch.eye(c.dim))
+            head.fc.bias.zero_()
+        return head
+
+    def forward(self, embeds: torch.Tensor, features: torch.Tensor):
+        """embeds, features [B, T, dim] (pair j at position j, causal) -> (f' [B, T, dim], logits [B, T, Vd])."""
+        c = self.config
+        batch, t, _ = embeds.shape
+        x = self.fc(torch.cat([embeds, features], -1))
+        q, k, v = self.wqkv(x).split([c.dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim], -1)
+        rotations = rope_tables(c, torch.arange(t).expand(batch, t))
+        q = apply_rope(q.reshape(batch, t, c.n_heads, c.head_dim), rotations).transpose(1, 2)
+        k = apply_rope(k.reshape(batch, t, c.n_kv_heads, c.head_dim), rotations).transpose(1, 2)
+        v = v.reshape(batch, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.wo(attn.transpose(1, 2).reshape(batch, t, c.dim))
+        gate, up = self.w_gate_up(rms_norm(x, self.ffn_norm, c.norm_eps)).chunk(2, -1)
+        x = x + self.w_down(F.silu(gate) * up)
+        return x, x @ self.lm_rows.T
+
+    # ------------------------------------------------------------ file format
+    def save(self, path: str, **metadata) -> None:
+        """Trainable weights in float16 (lm_rows are the target's: rebuilt at load) plus metadata."""
+        weights = {k: v.half() for k, v in self.state_dict().items() if k not in ("lm_rows", "draft_to_target")}
+        torch.save({"config": asdict(self.config), "weights": weights, "draft_to_target": self.draft_to_target,
+                    "metadata": metadata}, path)
+
+    @classmethod
+    def load(cls, path: str, target) -> "EagleHead":
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = ModelConfig(**saved["config"])
+        c = target.config
+        if (config.dim, config.n_heads, config.n_kv_heads) != (c.dim, c.n_heads, c.n_kv_heads):
+            raise ValueError(f"{path} is a head for dim {config.dim} / {config.n_heads} heads, the target has "
+                             f"dim {c.dim} / {c.n_heads} heads")
+        ids = saved["draft_to_target"]
+        if int(ids.max()) >= c.vocab_size:
+            raise ValueError(f"{path} drafts token ids up to {int(ids.max())}, the target's vocabulary has {c.vocab_size}")
+        head = cls(config, dense_weight(target.lm_head)[ids], ids)
+        head.load_state_dict({k: v.float() for k, v in saved["weights"].items()}, strict=False)
+        head.metadata = saved.get("metadata", {})
+        return head.eval()
+
+
+class EagleDrafter:
+    """An EagleHead on the specdec ops (W4A16 layers, tree_attention over its own static KV cache) that
+    drafts EAGLE-2 dynamic trees for a target."""
+
+    def __init__(self, target, head: EagleHead, quantize: bool = True, max_seq_len: Optional[int] = None):
+        c = self.config = head.config
+        self.target = target
+        to_runner = (lambda layer: quant.W4A16Linear.from_linear(layer, group_size=32)) if quantize else (
+            lambda layer: layer)
+        self.fc, self.wqkv, self.wo, self.w_gate_up, self.w_down = (
+            to_runner(getattr(head, name)) for name in ("fc", "wqkv", "wo", "w_gate_up", "w_down"))
+        lm = nn.Linear(c.dim, c.vocab_size, bias=False)
+        lm.weight = nn.Parameter(head.lm_rows, requires_grad=False)
+        self.lm_head = to_runner(lm)
+        self.ffn_norm = head.ffn_norm.detach()
+        self.draft_to_target = head.draft_to_target
+        self.max_seq_len = max_seq_len or target.max_seq_len
+        shape = (1, self.max_seq_len, c.n_kv_heads, c.head_dim)
+        self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
+        self.length = 0  # committed pairs D
+
+    @classmethod
+    def from_file(cls, path: str, target, **kwargs) -> "EagleDrafter":
+        return cls(target, EagleHead.load(path, target), **kwargs)
+
+    def reset(self):
+        self.length = 0
+
+    def _layer(self, pairs: torch.Tensor, positions: torch.Tensor, past: int, mask: Optional[torch.Tensor]):
+        """pairs [n, 2 dim] at rope `positions` [n] -> f' [n, dim]. Their K/V go to slots [D + past, D + past + n);
+        they attend to the committed pairs [0, D) and, under `mask` [1, past + n, words] (None: causal), to
+        the `past` tree pairs fed before them and to themselves."""
+        c = self.config
+        n = pairs.shape[0]
+        x = self.fc(pairs)
+        q, k, v = self.wqkv(x).split([c.dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim], -1)
+        rotations = rope_tables(c, positions[None])
+        q = apply_rope(q.reshape(1, n, c.n_heads, c.head_dim), rotations)
+        k = apply_rope(k.reshape(1, n, c.n_kv_heads, c.head_dim), rotations)
+        start = self.length + past
+        self.k_cache[0, start: start + n] = k[0]
+        self.v_cache[0, start: start + n] = v.reshape(n, c.n_kv_heads, c.head_dim)
+        if past:  # earlier tree pairs take part as keys only: their query rows are zeros, their outputs unused
+            q = torch.cat([q.new_zeros(1, past, c.n_heads, c.head_dim), q], 1)
+        lens = torch.tensor([self.length], dtype=torch.int32)
+        attn = ops.tree_attention(q, self.k_cache, self.v_cache, lens, mask)[0, past:]
+        x = x + self.wo(attn.reshape(n, c.dim))
+        gate, up = self.w_gate_up(rms_norm(x, self.ffn_norm, c.norm_eps)).chunk(2, -1)
+        return x + self.w_down(F.silu(gate) * up)
+
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lm_head(hidden).float(), -1)
+
+    def extend(self, tokens: torch.Tensor, features: torch.Tensor):
+        """Commit pairs (tokens[i] = x_{j+1}, features[i] = f_j) for j = D, D + 1, ...: tokens int64 [n], features
+        [n, dim] -> (f' of the last pair [dim], its draft-vocabulary log-probs [Vd]): the root's children."""
+        n = tokens.shape[0]
+        if self.length + n > self.max_seq_len:
+            raise ValueError(f"draft context overflow: {self.length} + {n} > {self.max_seq_len}")
+        pairs = torch.cat([self.target.embedding[tokens], features.float()], -1)
+        hidden = self._layer(pairs, torch.arange(self.length, self.length + n), 0, None)
+        self.length += n
+        return hidden[-1], self._log_probs(hidden[-1:])[0]
+
+    def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
+                  total_tokens: int, depth: int, top_k: int) -> tree.DraftTree:
+        """EAGLE-2: expand the top_k most valuable frontier nodes for `depth` levels, each proposing top_k
+        children (value = cumulative log-prob), then keep the total_tokens - 1 best of all candidates (a
+        connected subtree) in topological order. Node 0 is the root. Nothing is committed."""
+        top_k = min(top_k, self.config.vocab_size)
+        # candidates in creation order (a parent is always created before its children)
+        cand_parent, cand_token, cand_value = [], [], []
+        log_p, values = root_log_probs[None], torch.zeros(1)
+        frontier, frontier_hidden = [-1], root_hidden[None]  # candidate index per frontier node (-1: the root)
+        fed_ancestors = torch.zeros(0, 0, dtype=torch.bool)  # [fed, fed]: ancestor-or-self among fed tree pairs
+        fed_row = {}  # candidate index -> its row among the fed tree pairs
+        for level in range(depth):
+            child_log_p, child_token = log_p.topk(top_k, -1)  # [frontier, top_k]
+            child_value = (values[:, None] + child_log_p).flatten()
+            first = len(cand_token)
+            cand_parent += [parent for parent in frontier for _ in range(top_k)]
+            cand_token += child_token.flatten().tolist()
+            cand_value += child_value.tolist()
+            if level == depth - 1:
+                break
+            best = child_value.topk(min(top_k, child_value.numel()))
+            parents_hidden = frontier_hidden[best.indices // top_k]
+            frontier, values = [first + int(i) for i in best.indices], best.values
+            past, n = fed_ancestors.shape[0], len(frontier)
+            grown = torch.zeros(past + n, past + n, dtype=torch.bool)
+            grown[:past, :past] = fed_ancestors
+            for row, cand in enumerate(frontier):
+                if cand_parent[cand] >= 0:  # the root is committed: every pair sees it through the cache
+                    grown[past + row, :past] = fed_ancestors[fed_row[cand_parent[cand]]]
+                grown[past + row, past + row] = True
+                fed_row[cand] = past + row
+            fed_ancestors = grown
+            tokens = self.draft_to_target[torch.tensor([cand_token[cand] for cand in frontier])]
+            pairs = torch.cat([self.target.embedding[tokens], parents_hidden], -1)
+            positions = torch.full((n,), self.length + level)
+            frontier_hidden = self._layer(pairs, positions, past, tree.pack_bits(grown)[None])
+            log_p = self._log_probs(frontier_hidden)
+        return select_tree(root_token, cand_parent, self.draft_to_target[torch.tensor(cand_token, dtype=torch.long)], cand_value,
+                           total_tokens)
+
+
+def select_tree(root_token: int, cand_parent: list, cand_token: torch.Tensor, cand_value: list,
+                total_tokens: int) -> tree.DraftTree:
+    """EAGLE-2 rerank: the total_tokens - 1 candidates of highest value (ties: created first), sorted by
+    creation. Values never increase from a parent to its child and parents are created first, so the
+    selection is a connected subtree and creation order is topological."""
+    values = torch.tensor(cand_value)
+    order = torch.sort(values, descending=True, stable=True).indices[: total_tokens - 1]
+    chosen = torch.sort(order).values.tolist()
+    node_of = {cand: i + 1 for i, cand in enumerate(chosen)}
+    parents = [-1] + [node_of[cand_parent[cand]] if cand_parent[cand] >= 0 else 0 for cand in chosen]
+    tokens = [root_token] + cand_token[chosen].tolist()
+    return tree.DraftTree(torch.tensor([tokens]), torch.tensor([parents]))

@@ -1,0 +1,1 @@
+"""Training of draft models on data the target generates."""

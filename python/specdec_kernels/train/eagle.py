@@ -1,0 +1,261 @@
+"""Train an EAGLE draft head for a GGUF target on data the target generates itself (DESIGN 4.1, 5b).
+
+    python -m specdec_kernels.train.eagle --out heads/NAME.eagle.pt [--model PATH.gguf] [--max-new-tokens 160]
+        [--epochs 8] [--draft-vocab 8192] [--data CACHE.pt]
+
+1. The target (our runner, batched, greedy) answers the conversations of train/prompts.py; every position's
+   final-norm feature is kept (a second round builds on the first round's answers).
+2. The draft vocabulary: the most frequent tokens of the answers.
+3. The head (its decoder layer initialised from the target's last) learns f_{j+1} from (x_{j+1}, f_j):
+   SmoothL1 on the feature + CE against the target's distribution over the draft vocabulary, uniform noise
+   on the input features; loss on answer positions only.
+4. Held-out prompts (5%) report alpha_1 (the draft's top-1 = the target's next token) and top-k recall.
+"""
+import argparse
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from specdec_kernels.drafters.eagle import EagleHead
+
+
+@dataclass
+class Sequence:
+    tokens: torch.Tensor    # int64 [n]: prompt then answer
+    features: torch.Tensor  # float16 [n, dim]: the target's final-norm feature at each position
+    answer_start: int       # index of the first answer token
+
+
+# ---------------------------------------------------------------- data from the target
+@torch.inference_mode()
+def generate_batch(model, prompts: list, max_new_tokens: int, stop_tokens=()) -> list:
+    """Greedy answers for several prompts at once -> [Sequence]. Prompts are right-padded in one prefill
+    (padding sits beyond each row's cache length and is overwritten); rows are independent (batch-invariant
+    kernels), so each answer is the one single-sequence decoding gives."""
+    batch, lengths = len(prompts), [len(p) for p in prompts]
+    capacity = model.max_seq_len
+    try:
+        model.setup_cache(batch, max(lengths) + max_new_tokens + 1)
+        return _decode_batch(model, prompts, lengths, max_new_tokens, set(stop_tokens))
+    finally:
+        model.setup_cache(1, capacity)
+
+
+def _decode_batch(model, prompts, lengths, max_new_tokens, stops) -> list:
+    batch = len(prompts)
+    padded = torch.tensor([p + [p[-1]] * (max(lengths) - len(p)) for p in prompts])
+    logits, hidden = model(padded)
+    model.cache_lens.copy_(torch.tensor(lengths))
+    rows = torch.arange(batch)
+    last = torch.tensor(lengths) - 1
+    features = [[hidden[b, : lengths[b]]] for b in range(batch)]
+    answers = [[] for _ in range(batch)]
+    next_tokens = logits[rows, last].argmax(-1)
+    done = [False] * batch
+    for _ in range(max_new_tokens):
+        for b in range(batch):
+            if not done[b]:
+                answers[b].append(int(next_tokens[b]))
+        logits, hidden = model(next_tokens[:, None])
+        model.commit(1)
+        for b in range(batch):
+            if not done[b]:
+                features[b].append(hidden[b])
+                done[b] = answers[b][-1] in stops or len(answers[b]) == max_new_tokens
+        if all(done):
+            break
+        next_tokens = logits[:, 0].argmax(-1)
+    return [Sequence(torch.tensor(prompts[b] + answers[b]), torch.cat(features[b]).half(), lengths[b])
+            for b in range(batch)]
+
+
+def collect(model, tokenizer, conversations: list, max_new_tokens: int, batch_size: int, desc: str) -> list:
+    """-> [(messages, Sequence)]; conversations are sorted by prompt length so batches pad little."""
+    from tqdm import tqdm
+
+    from specdec_kernels.hf import chat_prompt_ids
+
+    rendered = sorted(((chat_prompt_ids(tokenizer, m), m) for m in conversations), key=lambda item: len(item[0]))
+    out = []
+    for i in tqdm(range(0, len(rendered), batch_size), desc=desc):
+        chunk = rendered[i: i + batch_size]
+        sequences = generate_batch(model, [ids for ids, _ in chunk], max_new_tokens, [tokenizer.eos_token_id])
+        out += [(messages, seq) for (_, messages), seq in zip(chunk, sequences)]
+    return out
+
+
+def draft_vocabulary(sequences: list, size: int) -> torch.Tensor:
+    """The `size` most frequent answer tokens, in target id order."""
+    counts = torch.zeros(int(max(int(s.tokens.max()) for s in sequences)) + 1, dtype=torch.long)
+    for s in sequences:
+        counts += torch.bincount(s.tokens[s.answer_start:], minlength=counts.numel())
+    return counts.topk(min(size, int((counts > 0).sum()))).indices.sort().values
+
+
+# ---------------------------------------------------------------- training
+def pair_batch(head: EagleHead, embedding: torch.Tensor, sequences: list):
+    """Right-padded pair tensors for sequences: embeds, features, feature targets [B, L, dim], the loss
+    mask [B, L] (answer positions: pair j predicts x_{j+2}, j >= answer_start - 1) and next tokens [B, L]."""
+    length = max(s.tokens.numel() - 1 for s in sequences)
+    batch, dim = len(sequences), head.config.dim
+    embeds, features, targets = (torch.zeros(batch, length, dim) for _ in range(3))
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    next_tokens = torch.full((batch, length), -1, dtype=torch.long)
+    for b, s in enumerate(sequences):
+        n = s.tokens.numel() - 1
+        embeds[b, :n] = embedding[s.tokens[1:]]
+        features[b, :n] = s.features[:-1].float()
+        targets[b, :n] = s.features[1:].float()
+        mask[b, s.answer_start - 1: n] = True
+        next_tokens[b, : n - 1] = s.tokens[2:]
+    return embeds, features, targets, mask, next_tokens
+
+
+def losses(head: EagleHead, batch, noise: float, ce_weight: float):
+    embeds, features, targets, mask, _ = batch
+    if noise > 0:
+        features = features + (torch.rand_like(features) * 2 - 1) * noise
+    predicted, logits = head(embeds, features)
+    with torch.no_grad():
+        target_p = torch.softmax(targets @ head.lm_rows.T, -1)
+    feature_loss = F.smooth_l1_loss(predicted[mask], targets[mask])
+    token_loss = -(target_p[mask] * torch.log_softmax(logits[mask], -1)).sum(-1).mean()
+    return feature_loss + ce_weight * token_loss, feature_loss, token_loss
+
+
+def batches(sequences: list, tokens_per_batch: int, rng: random.Random) -> list:
+    """Sequences of similar length together, about tokens_per_batch positions per batch, shuffled."""
+    order = sorted(sequences, key=lambda s: s.tokens.numel())
+    out, current = [], []
+    for s in order:
+        if current and (len(current) + 1) * s.tokens.numel() > tokens_per_batch:
+            out.append(current)
+            current = []
+        current.append(s)
+    out.append(current)
+    rng.shuffle(out)
+    return out
+
+
+def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int, lr: float = 1e-3,
+          tokens_per_batch: int = 4096, noise: float = 0.1, ce_weight: float = 0.1, seed: int = 0,
+          bf16: bool = False, log=print) -> list:
+    """AdamW with a cosine schedule (5% warm-up); returns the mean loss of each epoch."""
+    from tqdm import tqdm
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    steps = epochs * len(batches(sequences, tokens_per_batch, rng))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min((i + 1) / warmup, 0.5 * (
+        1 + math.cos(math.pi * min(i / steps, 1.0)))))
+    history = []
+    head.train()
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        progress = tqdm(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
+        for group in progress:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 0.5)
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item(), count + 1
+            progress.set_postfix(feature=f"{float(feature_loss):.3f}", token=f"{float(token_loss):.3f}")
+        history.append(total / count)
+        log(f"epoch {epoch + 1}: mean loss {history[-1]:.4f}")
+    head.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(head: EagleHead, embedding: torch.Tensor, sequences: list, top_k: int = 5) -> dict:
+    """Teacher-forced acceptance on answer positions: alpha_1 = P(draft top-1 == the target's next token)
+    and the top-k recall (the next token among the draft's k best)."""
+    hits = recall = positions = 0
+    for group in batches(sequences, 8192, random.Random(0)):
+        embeds, features, _, mask, next_tokens = pair_batch(head, embedding, group)
+        _, logits = head(embeds, features)
+        valid = mask & (next_tokens >= 0)
+        best = head.draft_to_target[logits.topk(top_k, -1).indices]  # [B, L, k]
+        truth = next_tokens[..., None]
+        hits += int((best[..., 0:1] == truth)[valid].sum())
+        recall += int((best == truth).any(-1)[valid].sum())
+        positions += int(valid.sum())
+    return {"alpha_1": hits / positions, f"top{top_k}_recall": recall / positions, "positions": positions}
+
+
+# ---------------------------------------------------------------- command line
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m specdec_kernels.train.eagle", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="where to write the head (.eagle.pt)")
+    parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--data", help="cache of the generated data (read if it exists, else written)")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
+    parser.add_argument("--limit", type=int, help="use only this many round-one conversations")
+    parser.add_argument("--draft-vocab", type=int, default=8192)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tokens-per-batch", type=int, default=4096)
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--ce-weight", type=float, default=0.1)
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+    args = parser.parse_args(argv)
+
+    import os
+
+    from specdec_kernels.hf import load_tokenizer
+    from specdec_kernels.models import embedded_model_path, load_gguf
+
+    from .prompts import round_one, round_two
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.time()
+    path = args.model or embedded_model_path()
+    target = load_gguf(path)
+    if args.data and os.path.exists(args.data):
+        saved = torch.load(args.data, weights_only=True)
+        sequences = [Sequence(*fields) for fields in zip(saved["tokens"], saved["features"], saved["answer_start"])]
+        print(f"read {len(sequences)} sequences from {args.data}")
+    else:
+        tokenizer = load_tokenizer(path)
+        first = round_one()[: args.limit]
+        answered = collect(target, tokenizer, first, args.max_new_tokens, args.batch_size, "round 1")
+        texts = [(m, tokenizer.decode(s.tokens[s.answer_start:], skip_special_tokens=True)) for m, s in answered]
+        second = collect(target, tokenizer, round_two(texts), args.max_new_tokens, args.batch_size, "round 2")
+        sequences = [s for _, s in answered + second]
+        if args.data:
+            torch.save({name: [getattr(s, name) for s in sequences] for name in ("tokens", "features", "answer_start")},
+                       args.data)
+    answer_tokens = sum(s.tokens.numel() - s.answer_start for s in sequences)
+    print(f"{len(sequences)} sequences, {answer_tokens} answer tokens ({time.time() - started:.0f} s so far)")
+
+    random.Random(0).shuffle(sequences)
+    held_out, training = sequences[: len(sequences) // 20], sequences[len(sequences) // 20:]
+    head = EagleHead.from_target(target, draft_vocabulary(training, args.draft_vocab))
+    covered = torch.isin(torch.cat([s.tokens[s.answer_start:] for s in held_out]), head.draft_to_target)
+    print(f"draft vocabulary {head.config.vocab_size}: covers {covered.float().mean():.1%} of held-out answer tokens")
+    print("before training:", evaluate(head, target.embedding, held_out))
+    history = train(head, target.embedding, training, args.epochs, args.lr, args.tokens_per_batch, args.noise,
+                    args.ce_weight, bf16=args.bf16)
+    metrics = evaluate(head, target.embedding, held_out)
+    print("held out:", metrics)
+    head.save(args.out, command=" ".join(["python -m specdec_kernels.train.eagle"] + (argv or sys.argv[1:])),
+              held_out=metrics, losses=history, sequences=len(sequences), answer_tokens=answer_tokens,
+              minutes=(time.time() - started) / 60)
+    print(f"wrote {args.out} after {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

