@@ -9,6 +9,7 @@ from tiny_models import write_tiny_gguf
 
 from specdec_kernels import tree
 from specdec_kernels.drafters import EagleDrafter, EagleHead, default_head_path, select_tree
+from specdec_kernels.drafters.eagle import dense_weight
 from specdec_kernels.generate import generate, speculative_generate
 from specdec_kernels.models import embedded_model_path, load_gguf
 from specdec_kernels.train.eagle import Sequence, evaluate, generate_batch, train
@@ -24,14 +25,28 @@ def tiny(tmp_path_factory):
     return load_gguf(path, max_seq_len=128)
 
 
+@pytest.fixture(scope="module")
+def trained_head(tiny):
+    """A head trained briefly on the tiny target's greedy answers: it drafts likely tokens (many acceptances)."""
+    torch.manual_seed(0)
+    head = EagleHead.from_target(tiny, torch.arange(40))
+    prompts = torch.randint(0, 40, (48, 3), generator=torch.Generator().manual_seed(0)).tolist()
+    train(head, tiny.embedding, generate_batch(tiny, prompts, 16), epochs=8, lr=3e-3, tokens_per_batch=256,
+          log=lambda _: None)
+    return head
+
+
 def random_head(target, seed=0, vocab=None):
-    """A head with random layers (EagleHead.from_target, then perturbed) over the first `vocab` token ids."""
+    """A randomly initialised head over the first `vocab` token ids."""
     torch.manual_seed(seed)
-    head = EagleHead.from_target(target, torch.arange(vocab or target.config.vocab_size))
-    with torch.no_grad():
-        for p in head.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return head.eval()
+    return EagleHead.from_target(target, torch.arange(vocab or target.config.vocab_size)).eval()
+
+
+def test_head_can_start_from_the_last_layer(tiny):
+    head = EagleHead.from_target(tiny, torch.arange(40), copy_last_layer=True)
+    last = tiny.blocks[-1]
+    expected = dense_weight(last.w_gate_up)
+    assert torch.equal(head.w_gate_up.weight, expected) and not torch.equal(random_head(tiny).w_gate_up.weight, expected)
 
 
 # ---------------------------------------------------------------- trees
@@ -120,8 +135,8 @@ def test_drafter_matches_the_training_head(tiny):
 
 # ---------------------------------------------------------------- speculative decoding
 @pytest.mark.parametrize("shape", TREE_SHAPES)
-def test_greedy_equals_plain_greedy_tiny(tiny, shape):
-    drafter = EagleDrafter(tiny, random_head(tiny))
+def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape):
+    drafter = EagleDrafter(tiny, trained_head)
     for seed in range(6):
         prompt = torch.randint(0, 40, (int(torch.randint(1, 9, ())),), generator=torch.Generator().manual_seed(seed))
         plain = generate(tiny, prompt.tolist(), 30, stop_tokens=[0])
@@ -131,11 +146,11 @@ def test_greedy_equals_plain_greedy_tiny(tiny, shape):
         assert sum(spec.accepted_per_step[:-1]) < len(spec.tokens) - 1 <= sum(spec.accepted_per_step)
 
 
-def test_draft_state_follows_the_target(tiny):
+def test_draft_state_follows_the_target(tiny, trained_head):
     """After decoding, the drafter's cache holds exactly the pairs of the committed sequence, computed from
     the target's features of that sequence (not those of rejected drafts); a sequence that differs in one
     token gives a different cache (the comparison can fail)."""
-    head = random_head(tiny)
+    head = trained_head
     drafter = EagleDrafter(tiny, head, quantize=False)
     prompt = [1, 5, 7, 9]
     out = speculative_generate(tiny, drafter, prompt, 25, total_tokens=12, depth=3, draft_top_k=3)
@@ -189,14 +204,11 @@ def emitted_counts(model, drafter, prompt, trials, temperature):
 
 
 @pytest.mark.slow
-def test_sampling_is_lossless(tiny):
+def test_sampling_is_lossless(tiny, trained_head):
     """The first three tokens of sampled speculative decoding (trees of 8 nodes) follow the target's own
     distribution (chi-square over 2,000 runs); the same test rejects samples taken at another temperature."""
     prompt = [1, 5, 7]
-    head = EagleHead.from_target(tiny, torch.arange(40))
-    train(head, tiny.embedding, generate_batch(tiny, [[i, i + 1] for i in range(1, 39, 2)], 12), epochs=8, lr=3e-3,
-          tokens_per_batch=64, log=lambda _: None)  # a head that drafts likely tokens: many acceptances
-    drafter = EagleDrafter(tiny, head)
+    drafter = EagleDrafter(tiny, trained_head)
     exact = exact_marginals(tiny, prompt)
     counts, accepted = emitted_counts(tiny, drafter, prompt, 2000, temperature=1.0)
     assert accepted > 600, f"only {accepted} draft tokens accepted: the test would not exercise verification"

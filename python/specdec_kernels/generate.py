@@ -7,6 +7,7 @@ from typing import Callable, Iterable, List, Optional
 import torch
 
 from . import ops
+from .drafters.eagle import TREE
 from .models import Transformer
 from .reference import sample_from, target_probs
 
@@ -93,7 +94,8 @@ def _prefill(model: Transformer, prompt: List[int]):
 def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int], max_new_tokens: int,
                          temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                          stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
-                         total_tokens: int = 16, depth: int = 4, draft_top_k: int = 4) -> GenerationResult:
+                         total_tokens: int = TREE["total_tokens"], depth: int = TREE["depth"],
+                         draft_top_k: int = TREE["draft_top_k"]) -> GenerationResult:
     """Each step the drafter grows a tree (`total_tokens` nodes with the root, `depth` levels, `draft_top_k`
     children per expanded node; draft_top_k = 1 is a chain), the target verifies it in one forward, the
     tree ops accept a path (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.

@@ -1,7 +1,8 @@
 """Generate text with the runner: specdec generate "PROMPT" [--model PATH.gguf] [--max-new-tokens N] ..."""
 import sys
 
-from .generate import generate
+from .drafters import EagleDrafter, default_head_path
+from .generate import generate, speculative_generate
 from .hf import chat_prompt_ids, load_tokenizer
 from .models import embedded_model_path, load_gguf
 
@@ -14,6 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--head", help="EAGLE head (default: the one shipped for the model, if any)")
+    parser.add_argument("--no-draft", action="store_true", help="plain decoding, one token per forward")
 
 
 def run(args):
@@ -30,7 +33,15 @@ def run(args):
         sys.stdout.write(text[len(previous):])
         sys.stdout.flush()
 
-    result = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
-                      stop_tokens=[tokenizer.eos_token_id], stream=stream)
-    print(f"\n[{len(result.tokens)} tokens in {result.seconds:.2f} s: {len(result.tokens) / result.seconds:.1f} tokens/s]")
+    options = dict(stop_tokens=[tokenizer.eos_token_id], stream=stream)
+    head = None if args.no_draft else args.head or default_head_path(path)
+    if head:
+        drafter = EagleDrafter.from_file(head, model)
+        result = speculative_generate(model, drafter, prompt, args.max_new_tokens, args.temperature, args.top_p,
+                                      args.top_k, args.seed, **options)
+    else:
+        result = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
+                          **options)
+    print(f"\n[{len(result.tokens)} tokens in {result.seconds:.2f} s: {len(result.tokens) / result.seconds:.1f} tokens/s, "
+          f"{result.mean_accepted:.2f} tokens per target forward{' (EAGLE-2 drafts)' if head else ''}]")
     return 0

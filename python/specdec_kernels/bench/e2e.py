@@ -19,19 +19,40 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=int, help="at most this many prompts per category")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write a PNG of tokens/s per method and category here")
+    parser.add_argument("--head", help="EAGLE head for chain/eagle2 (default: the one shipped for the model)")
+    parser.add_argument("--tree", default=None, help="eagle2 tree as TOTAL_TOKENS,DEPTH,TOP_K (default: "
+                        "drafters.eagle.TREE)")
+    parser.add_argument("--chain-length", type=int, default=None, help="draft tokens per chain step (default: "
+                        "drafters.eagle.CHAIN_LENGTH)")
 
 
 class Harness:
     """What every method needs: the tokenizer, our runner and (lazily) the transformers model."""
 
-    def __init__(self, path: str, max_new_tokens: int, temperature: float):
+    def __init__(self, path: str, max_new_tokens: int, temperature: float, head_path=None, tree=None,
+                 chain_length=None):
+        from specdec_kernels.drafters import eagle
         from specdec_kernels.hf import load_tokenizer
         from specdec_kernels.models import load_gguf
 
         self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
         self.tokenizer = load_tokenizer(path)
         self.model = load_gguf(path)
-        self._hf = None
+        self._hf = self._drafter = None
+        self.head_path = head_path or eagle.default_head_path(path)
+        self.tree = tree or eagle.TREE
+        self.chain = eagle.chain_shape(chain_length or eagle.CHAIN_LENGTH)
+
+    @property
+    def drafter(self):
+        if self._drafter is None:
+            from specdec_kernels.drafters import EagleDrafter
+
+            if self.head_path is None:
+                raise SystemExit(f"no EAGLE head for {self.path}: train one (python -m specdec_kernels.train.eagle) "
+                                 "and pass --head")
+            self._drafter = EagleDrafter.from_file(self.head_path, self.model)
+        return self._drafter
 
     @property
     def hf(self):
@@ -53,6 +74,14 @@ def run_vanilla(h: Harness, prompt_ids):
     return result.tokens, result.seconds, result.steps + 1
 
 
+def _run_speculative(h: Harness, prompt_ids, shape):
+    from specdec_kernels.generate import speculative_generate
+
+    result = speculative_generate(h.model, h.drafter, prompt_ids, h.max_new_tokens, h.temperature, seed=0,
+                                  stop_tokens=[h.tokenizer.eos_token_id], **shape)
+    return result.tokens, result.seconds, result.steps + 1
+
+
 def _run_hf(h: Harness, prompt_ids, **extra):
     model = h.hf
     inputs = torch.tensor([prompt_ids])
@@ -71,6 +100,8 @@ METHODS = {
     "vanilla": run_vanilla,
     "hf": _run_hf,
     "hf-pld": lambda h, ids: _run_hf(h, ids, prompt_lookup_num_tokens=10),
+    "chain": lambda h, ids: _run_speculative(h, ids, h.chain),
+    "eagle2": lambda h, ids: _run_speculative(h, ids, h.tree),
 }
 
 
@@ -156,7 +187,12 @@ def run(args):
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
-    harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature)
+    tree = None
+    if args.tree:
+        total_tokens, depth, top_k = (int(v) for v in args.tree.split(","))
+        tree = dict(total_tokens=total_tokens, depth=depth, draft_top_k=top_k)
+    harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature, args.head, tree,
+                      args.chain_length)
     prompts = load_prompts(args.prompts, args.limit)
     records, vanilla_tokens = [], {}
     for name in methods:
@@ -173,7 +209,8 @@ def run(args):
     if args.json:
         write_json(args.json, {"methods": summary, "prompts": records,
                                "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                            "prompts": args.prompts, "limit": args.limit}})
+                                            "prompts": args.prompts, "limit": args.limit, "head": harness.head_path,
+                                            "tree": harness.tree, "chain": harness.chain}})
     if args.plot:
         plot(records, methods, args.plot)
     print_table([{"method": m, **s} for m, s in summary.items()],

@@ -24,6 +24,14 @@ from specdec_kernels.models.gguf_loader import RowwiseLinear, SumOfLinears
 from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_tables
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
+# Draft shapes for this CPU (benchmarks/NOTES.md, "EAGLE tree shape"): keyword arguments of speculative_generate.
+TREE = dict(total_tokens=16, depth=4, draft_top_k=4)
+CHAIN_LENGTH = 3
+
+
+def chain_shape(length: int) -> dict:
+    """A chain of `length` draft tokens (after the root) as a tree shape."""
+    return dict(total_tokens=length + 1, depth=length, draft_top_k=1)
 
 
 def default_head_path(model_path: str) -> Optional[str]:
@@ -62,22 +70,20 @@ class EagleHead(nn.Module):
         self.register_buffer("draft_to_target", draft_to_target.long())
 
     @classmethod
-    def from_target(cls, target, draft_to_target: torch.Tensor) -> "EagleHead":
-        """A head for `target` (a models.Transformer) whose decoder layer starts as the target's last one."""
+    def from_target(cls, target, draft_to_target: torch.Tensor, copy_last_layer: bool = False) -> "EagleHead":
+        """A randomly initialised head for `target` (a models.Transformer); copy_last_layer starts its decoder
+        layer as the target's last one instead."""
         c = target.config
         config = ModelConfig(dim=c.dim, n_layers=1, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                              hidden_dim=c.hidden_dim, vocab_size=len(draft_to_target), norm_eps=c.norm_eps,
                              rope_theta=c.rope_theta, max_seq_len=c.max_seq_len)
         head = cls(config, dense_weight(target.lm_head)[draft_to_target], draft_to_target)
-        last = target.blocks[-1]
-        with torch.no_grad():
-            for name in ("wqkv", "wo", "w_gate_up", "w_down"):
-                getattr(head, name).weight.copy_(dense_weight(getattr(last, name)))
-            head.ffn_norm.copy_(last.ffn_norm)
-            # Start as "pass the feature through": the embedding half small, the feature half the identity.
-            head.fc.weight[:, : c.dim].mul_(0.1)
-            head.fc.weight[:, c.dim:].copy_(torch.eye(c.dim))
-            head.fc.bias.zero_()
+        if copy_last_layer:
+            last = target.blocks[-1]
+            with torch.no_grad():
+                for name in ("wqkv", "wo", "w_gate_up", "w_down"):
+                    getattr(head, name).weight.copy_(dense_weight(getattr(last, name)))
+                head.ffn_norm.copy_(last.ffn_norm)
         return head
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor):
@@ -180,8 +186,9 @@ class EagleDrafter:
         if self.length + n > self.max_seq_len:
             raise ValueError(f"draft context overflow: {self.length} + {n} > {self.max_seq_len}")
         pairs = torch.cat([self.target.embedding[tokens], features.float()], -1)
-        hidden = self._layer(pairs, torch.arange(self.length, self.length + n), 0, None)
-        self.length += n
+        for chunk in pairs.split(tree.MAX_TREE_NODES):  # tree_attention takes at most that many new tokens
+            hidden = self._layer(chunk, torch.arange(self.length, self.length + chunk.shape[0]), 0, None)
+            self.length += chunk.shape[0]
         return hidden[-1], self._log_probs(hidden[-1:])[0]
 
     def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,

@@ -6,7 +6,7 @@
 1. The target (our runner, batched, greedy) answers the conversations of train/prompts.py; every position's
    final-norm feature is kept (a second round builds on the first round's answers).
 2. The draft vocabulary: the most frequent tokens of the answers.
-3. The head (its decoder layer initialised from the target's last) learns f_{j+1} from (x_{j+1}, f_j):
+3. The head learns f_{j+1} from (x_{j+1}, f_j):
    SmoothL1 on the feature + CE against the target's distribution over the draft vocabulary, uniform noise
    on the input features; loss on answer positions only.
 4. Held-out prompts (5%) report alpha_1 (the draft's top-1 = the target's next token) and top-k recall.
@@ -210,6 +210,8 @@ def main(argv=None):
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--ce-weight", type=float, default=0.1)
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+    parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this share of the data")
     args = parser.parse_args(argv)
 
     import os
@@ -242,7 +244,8 @@ def main(argv=None):
 
     random.Random(0).shuffle(sequences)
     held_out, training = sequences[: len(sequences) // 20], sequences[len(sequences) // 20:]
-    head = EagleHead.from_target(target, draft_vocabulary(training, args.draft_vocab))
+    training = training[: int(len(training) * args.train_fraction)]
+    head = EagleHead.from_target(target, draft_vocabulary(training, args.draft_vocab), args.copy_last_layer)
     covered = torch.isin(torch.cat([s.tokens[s.answer_start:] for s in held_out]), head.draft_to_target)
     print(f"draft vocabulary {head.config.vocab_size}: covers {covered.float().mean():.1%} of held-out answer tokens")
     print("before training:", evaluate(head, target.embedding, held_out))
