@@ -152,7 +152,7 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
     torch.manual_seed(seed)
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    steps = epochs * len(batches(sequences, tokens_per_batch, rng))
+    steps = max(1, epochs * len(batches(sequences, tokens_per_batch, rng)))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min((i + 1) / warmup, 0.5 * (
         1 + math.cos(math.pi * min(i / steps, 1.0)))))
