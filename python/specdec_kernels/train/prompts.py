@@ -2,8 +2,9 @@
 task mix of the end-to-end prompts (writing, multi-turn, coding, translation, summarization, QA, math, RAG)
 but none of their questions.
 
-Round 1 asks single questions; round 2 builds on round 1's answers: follow-up turns (multi-turn), and
-summaries, questions and translations over the paragraphs the target wrote (summarization, RAG, translation).
+Round 1 asks single questions (and asks the target to write questions); round 2 builds on round 1's answers:
+the target's own questions, follow-up turns (multi-turn), and summaries, questions and translations over the
+paragraphs the target wrote (summarization, RAG, translation).
 """
 import random
 
@@ -16,6 +17,31 @@ TOPICS = [
     "airplanes", "the brain", "renewable energy", "spiders", "the pyramids", "social media", "bicycles",
     "rivers", "sleep", "the solar system", "cheese", "football", "lighthouses", "owls", "climate change",
     "video games", "the stock market", "tea", "bridges", "the Renaissance", "mushrooms", "kites", "space travel",
+    "elephants", "the water cycle", "hurricanes", "the French Revolution", "chocolate", "yoga", "smartphones",
+    "coral reefs", "the Great Wall of China", "jazz", "wind turbines", "bees and flowers", "the Amazon river",
+    "public transport", "marathon running", "the periodic table", "comets", "wolves", "pizza", "origami",
+    "the Industrial Revolution", "artificial intelligence", "rain", "camping", "museums", "the Sahara",
+    "submarines", "basketball", "dolphins", "the Moon landing", "volunteering", "podcasts", "castles",
+    "bamboo", "the Roman Empire", "cloud computing", "frogs", "ice cream", "the Eiffel Tower", "painting",
+    "the Arctic", "hot air balloons", "vitamins", "fireworks", "tigers", "opera", "the rainbow", "sushi",
+    "farming", "the Nile", "computers", "sharks", "the Silk Road", "ballet", "batteries", "butterflies",
+    "time zones", "the heartbeat", "skateboarding", "pottery", "the seasons", "magnets", "archaeology",
+    "the Vikings", "knitting", "tornadoes", "cats", "dogs", "the alphabet", "maps", "weddings", "clocks",
+    "photography", "the stars", "bread", "rice", "the city of Paris", "Tokyo", "New York", "the Alps",
+    "forests", "rivers and lakes", "birds migrating", "the first computers", "email", "passwords",
+    "healthy eating", "exercise", "learning a language", "job interviews", "saving money", "traveling abroad",
+    "making friends", "studying for exams", "cooking pasta", "planting a tree", "writing a novel",
+    "climbing a mountain", "a rainy day", "a summer holiday", "a birthday party", "a school trip",
+    "a lost dog", "an old bookshop", "a small village", "a busy airport", "a robot who learns to paint",
+    "a dragon who is afraid of fire", "a detective cat", "a time traveler", "the first day at a new job",
+    "gravity", "electricity", "the speed of light", "DNA", "evolution", "the atom", "sound waves",
+    "nuclear energy", "the greenhouse effect", "the moon phases", "blood", "bones", "the lungs", "teeth",
+    "the ozone layer", "plastic pollution", "clean water", "cities of the future", "online shopping",
+    "remote work", "electric bikes", "board games", "the guitar", "the piano", "poetry", "theater",
+    "the Olympics", "tennis", "swimming", "the World Cup", "the history of writing", "ancient Egypt",
+    "Greek myths", "the Middle Ages", "knights", "pirates", "explorers", "the telephone", "radio",
+    "television", "newspapers", "banks", "taxes", "elections", "human rights", "kindness", "honesty",
+    "patience", "courage", "happiness", "stress", "meditation", "sleep habits", "breakfast", "coffee shops",
 ]
 
 SINGLE_TURN = [
@@ -26,7 +52,14 @@ SINGLE_TURN = [
     "Write a limerick about {topic}.", "Describe {topic} in three sentences.",
     "What are the pros and cons of {topic}?", "Write a letter to a friend about {topic}.",
     "Give me a fun quiz question about {topic} and its answer.", "Write a tweet about {topic}.",
+    "What is {topic}?", "Tell me about {topic}.", "How does {topic} work?", "Write a story for children about {topic}.",
+    "Describe {topic} to someone who has never seen it.", "Write a short speech about {topic}.",
+    "What are some common questions about {topic}?", "Write a diary entry about {topic}.",
+    "Write a product description for something related to {topic}.", "Write a slogan about {topic}.",
+    "Give me two tips related to {topic}.", "Write a dialogue between two friends about {topic}.",
+    "What would the world be like without {topic}?", "Compare {topic} with something similar.",
 ]
+SELF_INSTRUCT = "Write one question that a curious student might ask about {topic}. Reply with the question only."
 
 CODING = [
     "sorts a list of numbers", "counts the vowels in a string", "returns the factorial of n",
@@ -38,12 +71,17 @@ CODING = [
     "capitalizes every word in a sentence", "computes the average of a list", "checks for a leap year",
     "returns the squares of the even numbers in a list", "implements binary search",
     "converts a number to binary", "transposes a matrix", "validates an email address",
+    "returns the length of the longest word", "counts how often each letter appears", "reverses a linked list",
+    "checks whether a list is sorted", "returns the second largest number", "rotates a list by k positions",
 ]
+CONCEPTS = ["a loop", "recursion", "a dictionary", "a class", "an exception", "a variable", "a function",
+            "a list", "a string", "an API", "a database", "a unit test", "a pointer", "a hash table", "git"]
 LANGUAGES = ["Python", "JavaScript", "C", "Java", "Rust", "Go"]
 CODING_STYLES = [
     "Write a {language} function that {task}.", "How do I write a function in {language} that {task}?",
     "Write a {language} program that {task}, and explain it.",
 ]
+CONCEPT_STYLES = ["Explain what {concept} is in programming, with an example.", "What is {concept} in {language}?"]
 
 MATH = [
     "What is {a} times {b}?", "What is {a} plus {b}?", "What is {big} minus {a}?", "What is {big} divided by {b}?",
@@ -67,13 +105,15 @@ OVER_PASSAGE = [
 TARGET_LANGUAGES = ["French", "Spanish", "German", "Italian"]
 
 
-def round_one(seed: int = 0) -> list:
+def round_one(seed: int = 0, topic_prompts: int = 1800) -> list:
     """Single-turn conversations: [{"role": "user", "content": ...}] each."""
     rng = random.Random(seed)
-    texts = [t.format(topic=topic) for topic in TOPICS for t in SINGLE_TURN]
+    texts = rng.sample([t.format(topic=topic) for topic in TOPICS for t in SINGLE_TURN], topic_prompts)
+    texts += [SELF_INSTRUCT.format(topic=topic) for topic in TOPICS]
     texts += [s.format(language=lang, task=task) for task in CODING for lang in LANGUAGES for s in CODING_STYLES
-              if rng.random() < 0.25]
-    for _ in range(160):
+              if rng.random() < 0.3]
+    texts += [s.format(concept=c, language=rng.choice(LANGUAGES)) for c in CONCEPTS for s in CONCEPT_STYLES]
+    for _ in range(300):
         a, b = rng.randint(2, 60), rng.randint(2, 30)
         texts.append(rng.choice(MATH).format(a=a, b=b, big=a * b + rng.randint(0, 99)))
     rng.shuffle(texts)
@@ -85,6 +125,10 @@ def round_two(answered: list, seed: int = 1) -> list:
     rng = random.Random(seed)
     conversations = []
     for messages, answer in answered:
+        if messages[0]["content"].startswith(SELF_INSTRUCT.split("{")[0]):  # the target's question, asked back
+            if answer.strip().endswith("?") and len(answer) < 300:
+                conversations.append([{"role": "user", "content": answer.strip()}])
+            continue
         choice = rng.random()
         if choice < 0.35:
             conversations.append(messages + [{"role": "assistant", "content": answer},
