@@ -26,6 +26,18 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "kv_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_lens, Tensor accept_idx, "
       "Tensor accept_len) -> ()");
+
+  // The small ops between a Llama layer's GEMMs (the runner, models/llama.py), row by row over x [..., n].
+  // RMSNorm: x * weight / sqrt(mean(x^2) + eps); add_rms_norm returns (x + residual, RMSNorm(x + residual)).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  // x [..., 2H] = [gate | up] -> silu(gate) * up [..., H].
+  m.def("silu_and_mul(Tensor x) -> Tensor");
+  // RoPE (adjacent pairs) of q [B, T, Hq, D] and k [B, T, Hkv, D] at positions [B, T] from cos/sin tables
+  // [P, D/2]; writes RoPE(k) and v into the caches at [cache_lens, cache_lens + T) and returns RoPE(q).
+  m.def(
+      "rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor rope_cos, Tensor rope_sin, "
+      "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens) -> Tensor");
 }
 
 // The Python module _C: importing it registers the ops above; it also reports the CPU path.

@@ -112,3 +112,51 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
 def _tree_attention_fake(q, k_cache, v_cache, cache_lens, tree_mask, scale):
     torch._check(q.dim() == 4, lambda: f"q must be [B, T, Hq, D], got {tuple(q.shape)}")
     return torch.empty_like(q)
+
+
+# ---------------------------------------------------------------- Llama layer ops (the runner's glue)
+# Small row-wise CPU ops that replace chains of generic torch ops between the GEMMs of a decoder layer.
+def rms_norm(x, weight, eps: float):
+    """x [..., n] * weight / sqrt(mean(x^2) + eps), row by row (computed in float32)."""
+    return _ops.rms_norm(x, weight, float(eps))
+
+
+def add_rms_norm(x, residual, weight, eps: float):
+    """-> (x + residual, rms_norm(x + residual)): the residual add fused with the next layer's norm."""
+    return _ops.add_rms_norm(x, residual, weight, float(eps))
+
+
+def silu_and_mul(x):
+    """x [..., 2H] = [gate | up] -> silu(gate) * up [..., H]."""
+    return _ops.silu_and_mul(x)
+
+
+def rope_and_cache(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens):
+    """RoPE of q [B, T, Hq, D] and k [B, T, Hkv, D] (adjacent pairs (x[2i], x[2i+1]), the GGUF layout) at
+    positions int64 [B, T], with cos/sin tables float32 [P, D/2]; writes RoPE(k) and v into the caches
+    [B, S_max, Hkv, D] at [cache_lens, cache_lens + T) and returns RoPE(q) [B, T, Hq, D]."""
+    return _ops.rope_and_cache(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens)
+
+
+@torch.library.register_fake("specdec::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("specdec::add_rms_norm")
+def _add_rms_norm_fake(x, residual, weight, eps):
+    torch._check(residual.shape == x.shape, lambda: f"residual must have the shape of x {tuple(x.shape)}")
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.register_fake("specdec::silu_and_mul")
+def _silu_and_mul_fake(x):
+    torch._check(x.shape[-1] % 2 == 0, lambda: f"x must end in an even dim, got {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.register_fake("specdec::rope_and_cache")
+def _rope_and_cache_fake(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens):
+    torch._check(q.dim() == 4, lambda: f"q must be [B, T, Hq, D], got {tuple(q.shape)}")
+    return q.new_empty(q.shape)
