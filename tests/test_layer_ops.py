@@ -201,14 +201,16 @@ def test_opcheck(dtype):
 
 
 def test_torch_compile():
+    """The ops.* wrappers trace (through torch.ops) with fullgraph; eagerly they take _C.direct: same bits."""
     def layer_glue(x, residual, weight, gate_up):
-        total, normed = torch.ops.specdec.add_rms_norm(x, residual, weight, EPS)
-        return torch.ops.specdec.rms_norm(total, weight, EPS) + normed, torch.ops.specdec.silu_and_mul(gate_up)
+        total, normed = ops.add_rms_norm(x, residual, weight, EPS)
+        return ops.rms_norm(total, weight, EPS) + normed, ops.silu_and_mul(gate_up)
 
     args = rows((4, 64)), rows((4, 64), seed=2), rows((64,), seed=1), rows((4, 96), seed=3)
     compiled = torch.compile(layer_glue, fullgraph=True, backend="eager")
     for got, expected in zip(compiled(*args), layer_glue(*args)):
         assert torch.equal(got, expected)
+    assert torch.equal(ops.silu_and_mul(args[3]), torch.ops.specdec.silu_and_mul(args[3]))
 
 
 # ---------------------------------------------------------------- bad inputs

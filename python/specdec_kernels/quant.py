@@ -196,7 +196,8 @@ class W4A16Linear(torch.nn.Module):
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         y = ops.w4a16_gemm(rows, *self.packed, self.group_size, self.out_features)
         y = y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        bias = self._buffers["bias"]  # a direct read: nn.Module.__getattr__ costs ~0.6 us
+        return y if bias is None else y + bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
