@@ -26,14 +26,64 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "kv_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_lens, Tensor accept_idx, "
       "Tensor accept_len) -> ()");
+
+  // The small ops between a Llama layer's GEMMs (the runner, models/llama.py), row by row over x [..., n].
+  // RMSNorm: x * weight / sqrt(mean(x^2) + eps); add_rms_norm returns (x + residual, RMSNorm(x + residual)).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  // x [..., 2H] = [gate | up] -> silu(gate) * up [..., H].
+  m.def("silu_and_mul(Tensor x) -> Tensor");
+  // RoPE (adjacent pairs) of q [B, T, Hq, D] and k [B, T, Hkv, D] at positions [B, T] from cos/sin tables
+  // [P, D/2]; writes RoPE(k) and v into the caches at [cache_lens, cache_lens + T) and returns RoPE(q).
+  m.def(
+      "rope_and_cache(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor rope_cos, Tensor rope_sin, "
+      "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens) -> Tensor");
 }
 
-// The Python module _C: importing it registers the ops above; it also reports the CPU path.
+// The Python module _C: importing it registers the ops above; it also reports the CPU path and gives eager
+// callers direct entry points to the hot ops (below).
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
+#include <string>
+
 #include "specdec/cpu_isa.h"
+
+namespace {
+
+// _C.direct.<op>(...) calls the op's dispatcher entry typed (unboxed): the same kernels and the same dispatch
+// (device, fake tensors) as torch.ops.specdec.<op>, without converting every argument to an IValue and back,
+// which costs microseconds a call: the runner makes ~9 calls per layer per decoded token. Sig must be the
+// kernels' C++ signature (the dispatcher checks it when the handle is made).
+template <class Sig>
+struct Direct;
+
+template <class Ret, class... Args>
+struct Direct<Ret(Args...)> {
+  static void def(pybind11::module_& m, const char* name) {
+    const auto op = c10::Dispatcher::singleton().findSchemaOrThrow((std::string("specdec::") + name).c_str(), "")
+                        .typed<Ret(Args...)>();
+    m.def(name, [op](Args... args) { return op.call(std::forward<Args>(args)...); });
+  }
+};
+
+using Tensor = at::Tensor;
+using CTensor = const at::Tensor&;
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_isa())); },
         "The CPU instruction set the kernels use now (SPECDEC_CPU_ISA overrides the detected one).");
+  auto direct = m.def_submodule("direct", "Unboxed eager entry points of the hot specdec ops (see ops.py).");
+  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t)>::def(direct, "w4a16_gemm");
+  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, const std::optional<Tensor>&, double)>::def(direct,
+                                                                                                "tree_attention");
+  Direct<std::tuple<Tensor, Tensor, Tensor>(CTensor, CTensor, CTensor)>::def(direct, "tree_verify_greedy");
+  Direct<void(Tensor&, Tensor&, Tensor&, CTensor, CTensor)>::def(direct, "kv_compact");
+  Direct<Tensor(CTensor, CTensor, double)>::def(direct, "rms_norm");
+  Direct<std::tuple<Tensor, Tensor>(CTensor, CTensor, CTensor, double)>::def(direct, "add_rms_norm");
+  Direct<Tensor(CTensor)>::def(direct, "silu_and_mul");
+  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, CTensor, CTensor, Tensor&, Tensor&, CTensor)>::def(
+      direct, "rope_and_cache");
 }

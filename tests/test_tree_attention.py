@@ -135,6 +135,21 @@ def test_batch_invariance_bitwise(isa):
                 assert torch.equal(alone[0, 0], together[0, j]), (hq, j)
 
 
+@pytest.mark.parametrize("t,cache_len", [(1, 20), (1, 127), (1, 128), (1, 300), (3, 40), (12, 700)])
+def test_threads_do_not_change_results(t, cache_len):
+    """Short decoding steps run on the calling thread, longer ones on all threads, with other task shapes:
+    the same bits either way (and on one thread)."""
+    q, k, v, lens = make_inputs(1, t, 9, 3, 64, [cache_len])
+    threaded = ops.tree_attention(q, k, v, lens)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = ops.tree_attention(q, k, v, lens)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(threaded, alone)
+
+
 def test_batch_invariance_check_can_fail():
     """Negative control: the same comparison sees a changed cache entry."""
     q, k, v, _ = make_inputs(1, 2, 4, 2, 64, [10])

@@ -5,7 +5,27 @@ torch.library.opcheck: they compute output shapes/dtypes without touching data.
 """
 import torch
 
+from . import _C
+
 _ops = torch.ops.specdec
+
+
+def _entry(name: str):
+    """Calls of op `name`: eagerly through _C.direct (the same dispatcher entry, unboxed: a few microseconds less
+    per call, which the runner's ~9 calls per layer per token feel), traced (torch.compile) through torch.ops."""
+    boxed, direct = getattr(_ops, name), getattr(_C.direct, name)
+    is_compiling = torch.compiler.is_compiling
+
+    def call(*args):
+        return boxed(*args) if is_compiling() else direct(*args)
+
+    return call
+
+
+_w4a16_gemm, _tree_attention, _tree_verify_greedy, _kv_compact = (
+    _entry(name) for name in ("w4a16_gemm", "tree_attention", "tree_verify_greedy", "kv_compact"))
+_rms_norm, _add_rms_norm, _silu_and_mul, _rope_and_cache = (
+    _entry(name) for name in ("rms_norm", "add_rms_norm", "silu_and_mul", "rope_and_cache"))
 
 # Rows of output columns per CPU weight tile (one AVX-512 vector of float32); N is padded to it.
 CPU_TILE_N = 16
@@ -34,7 +54,7 @@ def w4a16_prepack(qweight, scales, mins, group_size: int):
 
 def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
     """y = x @ W.T for prepacked 4-bit W. x: [M, K] (float32/bfloat16/float16 on CPU) -> [M, N] in x.dtype."""
-    return _ops.w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
+    return _w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
 
 
 @torch.library.register_fake("specdec::w4a16_prepack")
@@ -57,7 +77,7 @@ def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, 
 # ---------------------------------------------------------------- tree verification and KV compaction
 def tree_verify_greedy(tokens, parents, logits):
     """-> (accept_idx int64 [B, T] padded with -1, accept_len int64 [B] counting the root, bonus int64 [B])."""
-    return _ops.tree_verify_greedy(tokens, parents, logits)
+    return _tree_verify_greedy(tokens, parents, logits)
 
 
 def tree_verify_sample(tokens, parents, logits, temperature: float, top_p: float = 1.0, top_k: int = 0,
@@ -77,7 +97,7 @@ def tree_verify_sample(tokens, parents, logits, temperature: float, top_p: float
 
 def kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len) -> None:
     """In place: keep the accepted entries at [cache_lens, cache_lens + accept_len), advance cache_lens."""
-    _ops.kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len)
+    _kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len)
 
 
 def _verdict_fake(tokens):
@@ -105,10 +125,58 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
     """q [B, T, Hq, D] over caches [B, S_max, Hkv, D] holding the new K/V at [cache_lens, cache_lens + T);
     tree_mask int64 [B, T, ceil(T/64)] (tree.pack_tree_mask) or None for causal -> [B, T, Hq, D]."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _ops.tree_attention(q, k_cache, v_cache, cache_lens, tree_mask, scale)
+    return _tree_attention(q, k_cache, v_cache, cache_lens, tree_mask, scale)
 
 
 @torch.library.register_fake("specdec::tree_attention")
 def _tree_attention_fake(q, k_cache, v_cache, cache_lens, tree_mask, scale):
     torch._check(q.dim() == 4, lambda: f"q must be [B, T, Hq, D], got {tuple(q.shape)}")
     return torch.empty_like(q)
+
+
+# ---------------------------------------------------------------- Llama layer ops (the runner's glue)
+# Small row-wise CPU ops that replace chains of generic torch ops between the GEMMs of a decoder layer.
+def rms_norm(x, weight, eps: float):
+    """x [..., n] * weight / sqrt(mean(x^2) + eps), row by row (computed in float32)."""
+    return _rms_norm(x, weight, float(eps))
+
+
+def add_rms_norm(x, residual, weight, eps: float):
+    """-> (x + residual, rms_norm(x + residual)): the residual add fused with the next layer's norm."""
+    return _add_rms_norm(x, residual, weight, float(eps))
+
+
+def silu_and_mul(x):
+    """x [..., 2H] = [gate | up] -> silu(gate) * up [..., H]."""
+    return _silu_and_mul(x)
+
+
+def rope_and_cache(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens):
+    """RoPE of q [B, T, Hq, D] and k [B, T, Hkv, D] (adjacent pairs (x[2i], x[2i+1]), the GGUF layout) at
+    positions int64 [B, T], with cos/sin tables float32 [P, D/2]; writes RoPE(k) and v into the caches
+    [B, S_max, Hkv, D] at [cache_lens, cache_lens + T) and returns RoPE(q) [B, T, Hq, D]."""
+    return _rope_and_cache(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens)
+
+
+@torch.library.register_fake("specdec::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("specdec::add_rms_norm")
+def _add_rms_norm_fake(x, residual, weight, eps):
+    torch._check(residual.shape == x.shape, lambda: f"residual must have the shape of x {tuple(x.shape)}")
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.register_fake("specdec::silu_and_mul")
+def _silu_and_mul_fake(x):
+    torch._check(x.shape[-1] % 2 == 0, lambda: f"x must end in an even dim, got {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.register_fake("specdec::rope_and_cache")
+def _rope_and_cache_fake(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens):
+    torch._check(q.dim() == 4, lambda: f"q must be [B, T, Hq, D], got {tuple(q.shape)}")
+    return q.new_empty(q.shape)

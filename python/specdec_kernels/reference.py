@@ -172,3 +172,40 @@ def kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len):
             else:
                 cache[b, start : start + n] = cache[b, src].clone()
         cache_lens[b] += n
+
+
+# ---------------------------------------------------------------- Llama layer ops (the runner's glue)
+def rms_norm(x, weight, eps: float):
+    """x * weight / sqrt(mean(x^2) + eps) over the last dim, in float64, returned in x's dtype."""
+    x64 = x.double()
+    return (x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * weight.double()).to(x.dtype)
+
+
+def add_rms_norm(x, residual, weight, eps: float):
+    """(x + residual, rms_norm(x + residual)); the sum is rounded to x's dtype before it is normalised."""
+    total = x + residual
+    return total, rms_norm(total, weight, eps)
+
+
+def silu_and_mul(x):
+    """x [..., 2H] = [gate | up] -> silu(gate) * up, in float64, returned in x's dtype."""
+    gate, up = x.double().chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up).to(x.dtype)
+
+
+def rotate_pairs(x, cos, sin):
+    """x [..., D] with cos/sin [..., D/2] broadcastable: (x[2i], x[2i+1]) rotated by the angle of (cos_i, sin_i)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+def rope_and_cache(q, k, v, positions, rope_cos, rope_sin, k_cache, v_cache, cache_lens):
+    """RoPE of q and k at `positions` (float64), K/V written at [cache_lens, cache_lens + T); returns RoPE(q)."""
+    cos = rope_cos.double()[positions][:, :, None]  # [B, T, 1, D/2]
+    sin = rope_sin.double()[positions][:, :, None]
+    t = q.shape[1]
+    for b in range(q.shape[0]):
+        start = int(cache_lens[b])
+        k_cache[b, start : start + t] = rotate_pairs(k[b].double(), cos[b], sin[b]).to(k_cache.dtype)
+        v_cache[b, start : start + t] = v[b]
+    return rotate_pairs(q.double(), cos, sin).to(q.dtype)

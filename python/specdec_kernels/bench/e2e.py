@@ -195,8 +195,9 @@ def run(args):
                       args.chain_length)
     prompts = load_prompts(args.prompts, args.limit)
     records, vanilla_tokens = [], {}
-    for name in methods:
-        for item in tqdm(prompts, desc=name):
+    # The methods take turns on each prompt, so that the shared machine's drift hits them alike.
+    for item in tqdm(prompts, desc=", ".join(methods)):
+        for name in methods:
             tokens, seconds, steps, texts = run_conversation(harness, METHODS[name], item["turns"])
             if name == "vanilla":
                 vanilla_tokens[item["question_id"]] = tokens

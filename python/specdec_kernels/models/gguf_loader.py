@@ -36,7 +36,7 @@ class SumOfLinears(nn.Module):
     def forward(self, x):
         y = self.parts[0](x)
         for part in self.parts[1:]:
-            y = y + part(x)
+            y += part(x)  # in place: y is this call's own fresh output
         return y
 
 

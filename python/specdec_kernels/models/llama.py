@@ -30,14 +30,20 @@ class ModelConfig:
         return self.dim // self.n_heads
 
 
+# ---------------------------------------------------------------- plain-PyTorch forms (differentiable)
+# Trainable heads (drafters/) build on these; the runner itself uses the fused ops below.
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return nn.functional.rms_norm(x, weight.shape, weight, eps)
 
 
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """theta_j = rope_theta^(-2j / D), float32 [D/2]."""
+    return 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
+
+
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> torch.Tensor:
     """Unit complex rotations exp(i * position * theta_j): complex64 [B, T, 1, D/2] for positions [B, T]."""
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
-    angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
+    angles = positions.float()[..., None] * rope_frequencies(config)  # [B, T, D/2]
     return torch.polar(torch.ones_like(angles), angles)[:, :, None]
 
 
@@ -46,9 +52,27 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rotations).flatten(-2)
 
 
+# ---------------------------------------------------------------- the runner
+def rope_cos_sin(config: ModelConfig, n_positions: int):
+    """(cos, sin) float32 [n_positions, D/2] of the angles position * theta_j (the angles of rope_tables): the
+    tables of ops.rope_and_cache, computed once per cache."""
+    angles = torch.arange(n_positions, dtype=torch.float32)[:, None] * rope_frequencies(config)
+    return angles.cos(), angles.sin()
+
+
+def add_and_norm(x: torch.Tensor, pending: Optional[torch.Tensor], weight: torch.Tensor, eps: float):
+    """-> (x + pending, RMSNorm of it); pending None (nothing to add yet) -> (x, RMSNorm(x))."""
+    if pending is None:
+        return x, ops.rms_norm(x, weight, eps)
+    return ops.add_rms_norm(x, pending, weight, eps)
+
+
 class Block(nn.Module):
     """One decoder layer. wqkv = [wq; wk; wv] and w_gate_up = [w_gate; w_up] are single GEMMs (fewer, larger
-    calls: the runner is latency-bound at small T)."""
+    calls: the runner is latency-bound at small T).
+
+    The residual stream travels as (x, pending): the block returns its MLP output unadded, and the next
+    block adds it inside its fused add + RMSNorm (one op instead of two)."""
 
     def __init__(self, config: ModelConfig, wqkv: nn.Module, wo: nn.Module, w_gate_up: nn.Module, w_down: nn.Module,
                  attn_norm: torch.Tensor, ffn_norm: torch.Tensor):
@@ -58,30 +82,27 @@ class Block(nn.Module):
         self.register_buffer("attn_norm", attn_norm)
         self.register_buffer("ffn_norm", ffn_norm)
 
-    def forward(self, x, rotations, k_cache, v_cache, cache_lens, write_index, tree_mask):
+    def forward(self, x, pending, positions, rope, k_cache, v_cache, cache_lens, tree_mask):
+        """x, pending [B * T, dim]; positions [B, T]; rope = (cos, sin) tables -> (x, pending) of the next layer."""
         c = self.config
-        batch, t, _ = x.shape
-        h = rms_norm(x, self.attn_norm, c.norm_eps)
-        kv_dim = c.n_kv_heads * c.head_dim
-        q, k, v = self.wqkv(h).split([c.dim, kv_dim, kv_dim], dim=-1)
-        q = apply_rope(q.reshape(batch, t, c.n_heads, c.head_dim), rotations)
-        k = apply_rope(k.reshape(batch, t, c.n_kv_heads, c.head_dim), rotations)
-        v = v.view(batch, t, c.n_kv_heads, c.head_dim)
-        rows = torch.arange(batch)[:, None]
-        k_cache[rows, write_index] = k  # the new tokens' K/V at [cache_len, cache_len + T) (DESIGN 3.3)
-        v_cache[rows, write_index] = v
+        layers, weights = self._modules, self._buffers  # direct reads: nn.Module.__getattr__ costs ~0.6 us a name
+        batch, t = positions.shape
+        x, h = add_and_norm(x, pending, weights["attn_norm"], c.norm_eps)
+        heads = layers["wqkv"](h).view(batch, t, -1, c.head_dim)
+        q, k, v = heads.split_with_sizes([c.n_heads, c.n_kv_heads, c.n_kv_heads], dim=2)  # views, no copies
+        # the new tokens' K/V go to [cache_len, cache_len + T) (DESIGN 3.3)
+        q = ops.rope_and_cache(q, k, v, positions, *rope, k_cache, v_cache, cache_lens)
         attn = ops.tree_attention(q, k_cache, v_cache, cache_lens, tree_mask)
-        x = x + self.wo(attn.reshape(batch, t, c.dim))
-        h = rms_norm(x, self.ffn_norm, c.norm_eps)
-        gate, up = self.w_gate_up(h).chunk(2, dim=-1)
-        return x + self.w_down(nn.functional.silu(gate) * up)
+        x, h = ops.add_rms_norm(x, layers["wo"](attn.view(batch * t, c.dim)), weights["ffn_norm"], c.norm_eps)
+        return x, layers["w_down"](ops.silu_and_mul(layers["w_gate_up"](h)))
 
 
 class Transformer(nn.Module):
     """forward(tokens [B, T], positions [B, T], tree_mask=None) -> (logits [B, T, V], final-norm hidden [B, T, dim]).
 
     K/V of the T tokens are written at [cache_lens, cache_lens + T); `commit(n)` then keeps n of them (plain
-    decoding), `ops.kv_compact` keeps an accepted tree path.
+    decoding), `ops.kv_compact` keeps an accepted tree path. `logits_to_keep=n > 0` computes the logits of the
+    last n tokens only (a prefill needs one: the output head is the largest GEMM); 0 keeps all.
     """
 
     def __init__(self, config: ModelConfig, embedding: torch.Tensor, blocks: list, out_norm: torch.Tensor,
@@ -100,22 +121,30 @@ class Transformer(nn.Module):
         shape = (c.n_layers, batch, self.max_seq_len, c.n_kv_heads, c.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.cache_lens = torch.zeros(batch, dtype=torch.int32)
+        self.layer_caches = list(zip(self.k_cache.unbind(0), self.v_cache.unbind(0)))  # views, made once
+        self.rope = rope_cos_sin(c, self.max_seq_len)  # positions of new tokens are < max_seq_len
+        self._steps = torch.arange(self.max_seq_len)  # offsets of the new tokens from cache_lens
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                tree_mask: Optional[torch.Tensor] = None):
+                tree_mask: Optional[torch.Tensor] = None, logits_to_keep: int = 0):
         batch, t = tokens.shape
         if batch != self.cache_lens.shape[0]:
             raise ValueError(f"the cache holds {self.cache_lens.shape[0]} sequences, got a batch of {batch}")
-        if int(self.cache_lens.max()) + t > self.max_seq_len:
-            raise ValueError(f"context overflow: {int(self.cache_lens.max())} cached + {t} new > {self.max_seq_len}")
-        write_index = self.cache_lens.long()[:, None] + torch.arange(t)
-        positions = write_index if positions is None else positions
-        rotations = rope_tables(self.config, positions)
-        x = self.embedding[tokens]
-        for layer, block in enumerate(self.blocks):
-            x = block(x, rotations, self.k_cache[layer], self.v_cache[layer], self.cache_lens, write_index, tree_mask)
-        hidden = rms_norm(x, self.out_norm, self.config.norm_eps)
-        return self.lm_head(hidden), hidden
+        longest = int(self.cache_lens.max())
+        if longest + t > self.max_seq_len:
+            raise ValueError(f"context overflow: {longest} cached + {t} new > {self.max_seq_len}")
+        if positions is None:
+            positions = self.cache_lens[:, None] + self._steps[:t]  # int32 + int64 -> int64
+        else:
+            positions = positions.long()
+        x, pending = self.embedding[tokens.reshape(-1)], None
+        for block, (k_cache, v_cache) in zip(self.blocks, self.layer_caches):
+            x, pending = block(x, pending, positions, self.rope, k_cache, v_cache, self.cache_lens, tree_mask)
+        _, hidden = add_and_norm(x, pending, self.out_norm, self.config.norm_eps)
+        hidden = hidden.view(batch, t, -1)
+        kept = hidden[:, t - logits_to_keep:] if 0 < logits_to_keep < t else hidden
+        logits = self.lm_head(kept.reshape(-1, kept.shape[-1])).view(batch, kept.shape[1], -1)
+        return logits, hidden
 
     def commit(self, n: int):
         """Keep the last forward's first n tokens in the cache (plain decoding / prefill)."""

@@ -170,7 +170,7 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
             optimizer.step()
             schedule.step()
             total, count = total + loss.item(), count + 1
-            progress.set_postfix(feature=f"{float(feature_loss):.3f}", token=f"{float(token_loss):.3f}")
+            progress.set_postfix(feature=f"{feature_loss.item():.3f}", token=f"{token_loss.item():.3f}")
         history.append(total / count)
         log(f"epoch {epoch + 1}: mean loss {history[-1]:.4f}")
     head.eval()
