@@ -99,6 +99,25 @@ def test_tiny_random_model_batch_invariance(tmp_path):
         assert torch.equal(alone[0, 0], together[0, i])
 
 
+@pytest.mark.parametrize("logits_to_keep", [0, 1, 300])
+def test_long_prefill_in_chunks(tmp_path, logits_to_keep):
+    """A causal forward longer than tree_attention takes (256 tokens) runs in chunks and equals, bit for bit,
+    the same tokens fed in pieces; the cache lengths are left for the caller to commit."""
+    path = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(path, context_length=700)
+    tiny = load_gguf(path, max_seq_len=700)
+    tokens = torch.randint(0, 40, (1, 600), generator=torch.Generator().manual_seed(0))
+    together, hidden = tiny(tokens, logits_to_keep=logits_to_keep)
+    assert int(tiny.cache_lens[0]) == 0
+    kept = 600 if logits_to_keep == 0 else logits_to_keep
+    assert together.shape == (1, kept, 40) and hidden.shape == (1, 600, 64)
+    pieces = []
+    for piece in tokens.split(100, 1):
+        pieces.append(tiny(piece)[0])
+        tiny.commit(piece.shape[1])
+    assert torch.equal(together, torch.cat(pieces, 1)[:, 600 - kept:])
+
+
 def test_unknown_architecture(tmp_path):
     path = str(tmp_path / "gpt.gguf")
     write_tiny_gguf(path, arch="gpt2")

@@ -2,7 +2,7 @@
 import numpy as np
 
 
-def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0):
+def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128):
     """A one-layer Llama GGUF with random weights (vocabulary 40, tied head); logit_scale multiplies the
     embedding (= the head) and the final norm: larger values make the next-token distribution peakier."""
     import gguf
@@ -11,7 +11,7 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0):
     dim, hidden, heads, kv_heads, vocab = 64, 96, 4, 2, 40
     writer = gguf.GGUFWriter(path, arch)
     writer.add_block_count(1)
-    writer.add_context_length(128)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(dim)
     writer.add_feed_forward_length(hidden)
     writer.add_head_count(heads)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from specdec_kernels import ops
+from specdec_kernels.tree import MAX_TREE_NODES
 
 
 @dataclass
@@ -133,6 +134,8 @@ class Transformer(nn.Module):
         longest = int(self.cache_lens.max())
         if longest + t > self.max_seq_len:
             raise ValueError(f"context overflow: {longest} cached + {t} new > {self.max_seq_len}")
+        if tree_mask is None and t > MAX_TREE_NODES:
+            return self._forward_in_chunks(tokens, positions, logits_to_keep)
         if positions is None:
             positions = self.cache_lens[:, None] + self._steps[:t]  # int32 + int64 -> int64
         else:
@@ -145,6 +148,24 @@ class Transformer(nn.Module):
         kept = hidden[:, t - logits_to_keep:] if 0 < logits_to_keep < t else hidden
         logits = self.lm_head(kept.reshape(-1, kept.shape[-1])).view(batch, kept.shape[1], -1)
         return logits, hidden
+
+    def _forward_in_chunks(self, tokens: torch.Tensor, positions: Optional[torch.Tensor], logits_to_keep: int):
+        """A causal forward longer than tree_attention takes at once: chunk by chunk, each chunk attending to
+        the cache the earlier ones wrote. The cache lengths are restored after, as for one forward."""
+        t, start = tokens.shape[1], self.cache_lens.clone()
+        keep = t if logits_to_keep <= 0 else min(logits_to_keep, t)
+        logits, hidden = [], []
+        for begin in range(0, t, MAX_TREE_NODES):
+            end = min(begin + MAX_TREE_NODES, t)
+            wanted = max(0, end - max(begin, t - keep))  # of this chunk's tokens, those among the last `keep`
+            chunk_positions = None if positions is None else positions[:, begin:end]
+            chunk_logits, chunk_hidden = self(tokens[:, begin:end], chunk_positions, logits_to_keep=max(wanted, 1))
+            if wanted:
+                logits.append(chunk_logits[:, -wanted:])
+            hidden.append(chunk_hidden)
+            self.cache_lens += end - begin
+        self.cache_lens.copy_(start)
+        return torch.cat(logits, 1), torch.cat(hidden, 1)
 
     def commit(self, n: int):
         """Keep the last forward's first n tokens in the cache (plain decoding / prefill)."""
