@@ -34,6 +34,6 @@ TORCH_LIBRARY(specdec, m) {
 #include "specdec/cpu_isa.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_isa())); },
+  m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_matrix_isa())); },
         "The CPU instruction set the kernels use now (SPECDEC_CPU_ISA overrides the detected one).");
 }

@@ -54,6 +54,42 @@ std::vector<at::Tensor> w4a16_prepack_cpu(const at::Tensor& qweight, const at::T
   return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
 }
 
+int dtype_code(at::ScalarType t) {
+  return t == at::kBFloat16 ? kOutBFloat16 : t == at::kHalf ? kOutHalf : kOutFloat;
+}
+
+// AMX: x as exact bf16 pieces in tile panels (float32: 3, float16: 2, bfloat16: 1), the result written
+// in x's dtype by the kernel.
+at::Tensor w4a16_gemm_amx(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
+  const int dtype = dtype_code(x.scalar_type());
+  const int pieces = dtype == kOutBFloat16 ? 1 : dtype == kOutHalf ? 2 : 3;
+  // Rows per tile: as many as fit (16 tile rows), fewer when M is smaller (no zero rows to multiply).
+  const int block_rows = static_cast<int>(std::min<int64_t>(M, 16 / pieces)), tile_rows = block_rows * pieces;
+  const int64_t row_blocks = (M + block_rows - 1) / block_rows;
+  at::Tensor panels = at::empty({row_blocks * (K / 32) * tile_rows * 32}, x.options().dtype(at::kBFloat16));
+  at::Tensor xsum = at::empty({M, K / group_size}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({M, out_features}, x.options());
+  auto* panel_data = reinterpret_cast<uint16_t*>(panels.data_ptr<at::BFloat16>());
+  const AmxActivations acts{x.data_ptr(), x.stride(0), dtype, (int)M, (int)K, (int)group_size, pieces, block_rows,
+                            tile_rows};
+  amx::pack_activations(acts, panel_data, xsum.data_ptr<float>());
+  const AmxArgs args{panel_data, xsum.data_ptr<float>(), (int)M, (int)K, (int)group_size, pieces, block_rows,
+                     tile_rows, reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
+                     packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), out.data_ptr(), out.stride(0),
+                     out_features, dtype, (int)out.element_size()};
+  const int64_t quanta = tiles / kTileQuantum;
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = quanta * id / threads * kTileQuantum, end = quanta * (id + 1) / threads * kTileQuantum;
+    if (begin < end) amx::w4a16_gemm_tiles(args, begin, end);
+  }
+  return out;
+}
+
 at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
   check_group_size(group_size);
@@ -83,6 +119,8 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
 
   const int64_t M = x.size(0);
   if (M == 0) return at::empty({0, out_features}, x.options());
+  if (chosen_matrix_isa() == Isa::kAmx)
+    return w4a16_gemm_amx(x, packed_qweight, packed_scales, packed_mins, group_size, out_features);
   // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
   const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
   const at::Tensor x32 = x_in_place ? x

@@ -1,5 +1,6 @@
 // The per-ISA entry points of the CPU W4A16 kernel (w4a16_isa.cpp) and their shared arguments.
 #pragma once
+#include <cstdint>
 
 namespace specdec::cpu {
 
@@ -20,5 +21,33 @@ constexpr long kTileQuantum = 4;  // every ISA's tiles-per-step divides it
 namespace avx512 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace avx2 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace generic { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
+
+// ---- AMX (w4a16_amx.cpp): activations as bf16 pieces in tile panels, output written in its dtype.
+enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };
+
+struct AmxActivations {
+  const void* data;               // x [M, ld] in `dtype`
+  long ld;
+  int dtype;                      // DtypeCode
+  int M, K, group_size;
+  int pieces, block_rows, tile_rows;  // bf16 pieces per value; x rows per tile; tile rows = their product
+};
+
+struct AmxArgs {
+  const uint16_t* panels;         // [row_blocks][K/32][tile_rows][32] bf16 pieces (pack_activations)
+  const float* xsum;              // [M, K/G]
+  int M, K, group_size, pieces, block_rows, tile_rows;
+  const unsigned* qpacked;        // as W4A16Args
+  const float* scales;
+  const float* mins;
+  void* out;                      // [M, ld_out] in out_dtype, N valid columns
+  long ld_out, N;
+  int out_dtype, out_elem;        // DtypeCode, bytes per element
+};
+
+namespace amx {
+void pack_activations(const AmxActivations& x, uint16_t* panels, float* xsum);
+void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end);
+}  // namespace amx
 
 }  // namespace specdec::cpu
