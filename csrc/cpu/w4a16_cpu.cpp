@@ -58,28 +58,34 @@ int dtype_code(at::ScalarType t) {
   return t == at::kBFloat16 ? kOutBFloat16 : t == at::kHalf ? kOutHalf : kOutFloat;
 }
 
-// AMX: x as exact bf16 pieces in tile panels (float32: 3, float16: 2, bfloat16: 1), the result written
-// in x's dtype by the kernel.
-at::Tensor w4a16_gemm_amx(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+// Up to this many row pieces (x rows times bf16 pieces) the AMX path runs the vector kernel (bitwise the
+// same results; faster for few rows, where a tile multiply is mostly idle).
+constexpr int64_t kVectorRowPieces = 4;
+
+// AMX / AVX512_BF16: x as exact bf16 pieces (float32: 3, float16: 2, bfloat16: 1) in panels, the result
+// written in x's dtype by the kernel.
+at::Tensor w4a16_gemm_bf16dot(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                              const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, bool tiles_allowed) {
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
   const int pieces = dtype == kOutBFloat16 ? 1 : dtype == kOutHalf ? 2 : 3;
-  // Rows per tile: as many as fit (16 tile rows), fewer when M is smaller (no zero rows to multiply).
-  const int block_rows = static_cast<int>(std::min<int64_t>(M, 16 / pieces)), tile_rows = block_rows * pieces;
+  const bool use_tiles = tiles_allowed && M * pieces > kVectorRowPieces;
+  // Tiles: as many rows as fit 16 tile rows, fewer when M is smaller. Vector kernel: one block.
+  const int block_rows = use_tiles ? static_cast<int>(std::min<int64_t>(M, 16 / pieces)) : static_cast<int>(M);
+  const int tile_rows = block_rows * pieces;
   const int64_t row_blocks = (M + block_rows - 1) / block_rows;
   at::Tensor panels = at::empty({row_blocks * (K / 32) * tile_rows * 32}, x.options().dtype(at::kBFloat16));
   at::Tensor xsum = at::empty({M, K / group_size}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty({M, out_features}, x.options());
   auto* panel_data = reinterpret_cast<uint16_t*>(panels.data_ptr<at::BFloat16>());
-  const AmxActivations acts{x.data_ptr(), x.stride(0), dtype, (int)M, (int)K, (int)group_size, pieces, block_rows,
-                            tile_rows};
+  const AmxActivations acts{x.data_ptr(), x.stride(0), dtype,      (int)M,    (int)K,
+                            (int)group_size, pieces,   block_rows, tile_rows, !use_tiles};
   amx::pack_activations(acts, panel_data, xsum.data_ptr<float>());
   const AmxArgs args{panel_data, xsum.data_ptr<float>(), (int)M, (int)K, (int)group_size, pieces, block_rows,
                      tile_rows, reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
                      packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), out.data_ptr(), out.stride(0),
-                     out_features, dtype, (int)out.element_size()};
+                     out_features, dtype, (int)out.element_size(), use_tiles};
   const int64_t quanta = tiles / kTileQuantum;
 #pragma omp parallel
   {
@@ -119,8 +125,10 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
 
   const int64_t M = x.size(0);
   if (M == 0) return at::empty({0, out_features}, x.options());
-  if (chosen_matrix_isa() == Isa::kAmx)
-    return w4a16_gemm_amx(x, packed_qweight, packed_scales, packed_mins, group_size, out_features);
+  const Isa isa = chosen_matrix_isa();
+  if (isa == Isa::kAmx || isa == Isa::kAvx512Bf16)
+    return w4a16_gemm_bf16dot(x, packed_qweight, packed_scales, packed_mins, group_size, out_features,
+                              isa == Isa::kAmx);
   // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
   const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
   const at::Tensor x32 = x_in_place ? x

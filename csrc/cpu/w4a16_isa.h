@@ -22,7 +22,7 @@ namespace avx512 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long en
 namespace avx2 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace generic { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 
-// ---- AMX (w4a16_amx.cpp): activations as bf16 pieces in tile panels, output written in its dtype.
+// ---- AMX / AVX512_BF16 (w4a16_amx.cpp): activations as bf16 pieces in panels, output in x's dtype.
 enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };
 
 struct AmxActivations {
@@ -31,6 +31,7 @@ struct AmxActivations {
   int dtype;                      // DtypeCode
   int M, K, group_size;
   int pieces, block_rows, tile_rows;  // bf16 pieces per value; x rows per tile; tile rows = their product
+  bool vector_order;              // pairs in the order of the vector kernel (amx::w4a16_gemm_tiles)
 };
 
 struct AmxArgs {
@@ -43,6 +44,7 @@ struct AmxArgs {
   void* out;                      // [M, ld_out] in out_dtype, N valid columns
   long ld_out, N;
   int out_dtype, out_elem;        // DtypeCode, bytes per element
+  bool use_tiles;                 // AMX tile multiplies; else the bit-identical AVX512_BF16 vector kernel
 };
 
 namespace amx {
