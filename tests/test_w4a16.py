@@ -61,18 +61,18 @@ def test_batch_invariance_bitwise(isa, dtype):
         assert torch.equal(run_gemm(shuffled, qw)[-20:], batched[:20])
 
 
-@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512bf16")), reason="needs AMX and AVX512_BF16")
+@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_tile_and_vector_kernels_identical(dtype, group_size):
     """The AMX path multiplies few rows with the vector kernel and more with tiles; both must give the
-    same bits (the avx512bf16 path is that vector kernel for every M)."""
+    same bits (the avx512vnni path is that vector kernel for every M)."""
     qw = random_quantized(130, 512, group_size, seed=3)
     for m in (1, 2, 3, 4, 5, 16, 17, 40):
         x = torch.randn(m, 512).to(dtype) * torch.logspace(-3, 3, m).to(dtype)[:, None]  # rows of mixed scale
         with cpu_isa("amx"):
             tiles = run_gemm(x, qw)
-        with cpu_isa("avx512bf16"):
+        with cpu_isa("avx512vnni"):
             vector = run_gemm(x, qw)
         assert torch.equal(tiles, vector), (m, (tiles.double() - vector.double()).abs().max().item())
 

@@ -10,7 +10,7 @@ from specdec_kernels import _C, quant
 SAMPLES = [(19, 64, 32, 1), (111, 256, 64, 3), (64, 128, 128, 16), (989, 384, 128, 64), (65, 96, 32, 127),
            (128, 512, 64, 9), (48, 128, 32, 8)]
 ISAS = ("avx512", "avx2", "generic")  # the vector paths every CPU kernel has
-W4A16_ISAS = ("amx", "avx512bf16") + ISAS  # W4A16 also has bf16 dot-product paths
+W4A16_ISAS = ("amx", "avx512vnni") + ISAS  # W4A16 also has int8 dot-product paths
 
 
 @contextmanager

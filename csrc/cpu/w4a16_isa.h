@@ -22,7 +22,7 @@ namespace avx512 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long en
 namespace avx2 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace generic { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 
-// ---- AMX / AVX512_BF16 (w4a16_amx.cpp): activations as bf16 pieces in panels, output in x's dtype.
+// ---- AMX-INT8 / AVX512-VNNI (w4a16_amx.cpp): activations as int8 digits in panels, output in x's dtype.
 enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };
 
 struct AmxActivations {
@@ -30,25 +30,26 @@ struct AmxActivations {
   long ld;
   int dtype;                      // DtypeCode
   int M, K, group_size;
-  int pieces, block_rows, tile_rows;  // bf16 pieces per value; x rows per tile; tile rows = their product
-  bool vector_order;              // pairs in the order of the vector kernel (amx::w4a16_gemm_tiles)
+  int digits, tile_rows;          // int8 digits per value; digit rows (x row * digits + d) per panel block
+  int k_step;                     // k per tile multiply: 64, or 32 when group_size is 32
 };
 
 struct AmxArgs {
-  const uint16_t* panels;         // [row_blocks][K/32][tile_rows][32] bf16 pieces (pack_activations)
-  const float* xsum;              // [M, K/G]
-  int M, K, group_size, pieces, block_rows, tile_rows;
+  const int8_t* panels;           // [blocks][K/k_step][tile_rows][k_step] digits (pack_activations)
+  const float* xsum;              // [M, K/G] per-group sums of x
+  const float* xscale;            // [M, K/G] 2^(E - 6 - 7 (digits - 1)): the last digit's weight
+  int M, K, group_size, digits, tile_rows, k_step;
   const unsigned* qpacked;        // as W4A16Args
   const float* scales;
   const float* mins;
   void* out;                      // [M, ld_out] in out_dtype, N valid columns
   long ld_out, N;
   int out_dtype, out_elem;        // DtypeCode, bytes per element
-  bool use_tiles;                 // AMX tile multiplies; else the bit-identical AVX512_BF16 vector kernel
+  bool use_tiles;                 // AMX tile multiplies; else the AVX512-VNNI kernel (bitwise the same)
 };
 
 namespace amx {
-void pack_activations(const AmxActivations& x, uint16_t* panels, float* xsum);
+void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, float* xscale);
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end);
 }  // namespace amx
 

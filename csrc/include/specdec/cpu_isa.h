@@ -1,8 +1,8 @@
-// Run-time choice of the CPU instruction set. SPECDEC_CPU_ISA=amx|avx512bf16|avx512|avx2|generic forces
+// Run-time choice of the CPU instruction set. SPECDEC_CPU_ISA=amx|avx512vnni|avx512|avx2|generic forces
 // one (tests run every path on one machine); asking for one the CPU lacks is an error, not a crash.
-// `amx` (AVX-512 + AVX512_BF16/VBMI + AMX-BF16 tiles) and `avx512bf16` (the same without tiles, e.g.
-// Zen 4) only change kernels that have such a path (W4A16, through chosen_matrix_isa()); every other
-// kernel runs its AVX-512 code there.
+// `amx` (AVX-512 + VNNI/VBMI + AMX-INT8 tiles) and `avx512vnni` (the same without tiles: Ice Lake, Zen 4)
+// only change kernels that have an integer dot-product path (W4A16, through chosen_matrix_isa()); every
+// other kernel runs its AVX-512 code there.
 #pragma once
 #include <c10/util/Exception.h>
 
@@ -16,7 +16,7 @@
 
 namespace specdec::cpu {
 
-enum class Isa { kGeneric, kAvx2, kAvx512, kAvx512Bf16, kAmx };
+enum class Isa { kGeneric, kAvx2, kAvx512, kAvx512Vnni, kAmx };
 
 // Linux keeps the AMX tile state off until the process asks for it (once; it then holds for every
 // thread). Without the grant the first tile instruction faults, so AMX counts only once granted.
@@ -34,10 +34,10 @@ inline bool cpu_has(Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
   switch (isa) {
     case Isa::kAmx:
-      return cpu_has(Isa::kAvx512Bf16) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+      return cpu_has(Isa::kAvx512Vnni) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") &&
              os_allows_tiles();
-    case Isa::kAvx512Bf16:
-      return cpu_has(Isa::kAvx512) && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bf16");
+    case Isa::kAvx512Vnni:
+      return cpu_has(Isa::kAvx512) && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -52,7 +52,7 @@ inline bool cpu_has(Isa isa) {
 inline const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAmx: return "amx";
-    case Isa::kAvx512Bf16: return "avx512bf16";
+    case Isa::kAvx512Vnni: return "avx512vnni";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "generic";
@@ -61,7 +61,7 @@ inline const char* isa_name(Isa isa) {
 
 // Read on every call (a getenv is ~100 ns) so that tests can switch paths inside one process.
 inline Isa chosen_matrix_isa() {
-  constexpr Isa kAll[] = {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2, Isa::kGeneric};
+  constexpr Isa kAll[] = {Isa::kAmx, Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvx2, Isa::kGeneric};
   const char* forced = std::getenv("SPECDEC_CPU_ISA");
   if (forced != nullptr && *forced != '\0') {
     for (Isa isa : kAll) {
@@ -70,17 +70,17 @@ inline Isa chosen_matrix_isa() {
         return isa;
       }
     }
-    TORCH_CHECK(false, "SPECDEC_CPU_ISA must be amx, avx512bf16, avx512, avx2 or generic, got '", forced, "'");
+    TORCH_CHECK(false, "SPECDEC_CPU_ISA must be amx, avx512vnni, avx512, avx2 or generic, got '", forced, "'");
   }
   for (Isa isa : kAll)
     if (cpu_has(isa)) return isa;
   return Isa::kGeneric;
 }
 
-// The vector ISA, for kernels without a bf16 dot-product path.
+// The vector ISA, for kernels without an integer dot-product path.
 inline Isa chosen_isa() {
   const Isa isa = chosen_matrix_isa();
-  return isa == Isa::kAmx || isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa;
+  return isa == Isa::kAmx || isa == Isa::kAvx512Vnni ? Isa::kAvx512 : isa;
 }
 
 }  // namespace specdec::cpu
