@@ -73,7 +73,7 @@ using CTensor = const at::Tensor&;
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_isa())); },
+  m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_matrix_isa())); },
         "The CPU instruction set the kernels use now (SPECDEC_CPU_ISA overrides the detected one).");
   auto direct = m.def_submodule("direct", "Unboxed eager entry points of the hot specdec ops (see ops.py).");
   Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t)>::def(direct, "w4a16_gemm");

@@ -1,11 +1,13 @@
 import pytest
 import torch
 from conftest import TOLERANCES
-from w4a16_samples import ISAS, SAMPLES, cpu_isa, isa_supported, random_quantized
+from w4a16_samples import SAMPLES, W4A16_ISAS, cpu_isa, isa_params, isa_supported, random_quantized
 
 from specdec_kernels import W4A16Linear, ops, quant, reference
 
-SUPPORTED_ISAS = [isa for isa in ISAS if isa_supported(isa)]
+ISA_PARAMS = isa_params(W4A16_ISAS)
+SUPPORTED_ISAS = [isa for isa in W4A16_ISAS if isa_supported(isa)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def run_gemm(x, qw):
@@ -21,9 +23,9 @@ def assert_close_to_reference(y, x, qw):
     torch.testing.assert_close(y.double(), expected.double(), atol=atol * scale, rtol=rtol)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("n,k,group_size,m", SAMPLES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_reference(isa, n, k, group_size, m, dtype):
     qw = random_quantized(n, k, group_size)
     x = torch.randn(m, k).to(dtype)
@@ -40,18 +42,39 @@ def test_scale_dtypes(scale_dtype):
     assert_close_to_reference(run_gemm(x, qw), x, qw)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
-def test_batch_invariance_bitwise(isa):
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_invariance_bitwise(isa, dtype):
     """Each row of a batched call equals that row computed alone, bit for bit (verification of T tokens
     must give the logits of decoding them one by one)."""
     qw = random_quantized(200, 512, 64)
-    x = torch.randn(37, 512)
+    x = torch.randn(37, 512).to(dtype)
     with cpu_isa(isa):
         batched = run_gemm(x, qw)
-        for m in (1, 5, 8, 9, 16):  # both the in-register and the unpacked-chunk paths
+        # Register-block / unpacked-chunk paths (FMA) and row-block boundaries (AMX: 16, 8 or 5 rows).
+        for m in (1, 2, 5, 6, 8, 9, 15, 16, 17):
             assert torch.equal(run_gemm(x[:m], qw), batched[:m])
         for i in range(0, 37, 6):
             assert torch.equal(run_gemm(x[i : i + 1], qw), batched[i : i + 1])
+        # A row keeps its bits whatever its neighbours are.
+        shuffled = torch.cat([x[20:], torch.randn(3, 512).to(dtype), x[:20]])
+        assert torch.equal(run_gemm(shuffled, qw)[-20:], batched[:20])
+
+
+@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_tile_and_vector_kernels_identical(dtype, group_size):
+    """The AMX path multiplies few rows with the vector kernel and more with tiles; both must give the
+    same bits (the avx512vnni path is that vector kernel for every M)."""
+    qw = random_quantized(130, 512, group_size, seed=3)
+    for m in (1, 2, 3, 4, 5, 16, 17, 40):
+        x = torch.randn(m, 512).to(dtype) * torch.logspace(-3, 3, m).to(dtype)[:, None]  # rows of mixed scale
+        with cpu_isa("amx"):
+            tiles = run_gemm(x, qw)
+        with cpu_isa("avx512vnni"):
+            vector = run_gemm(x, qw)
+        assert torch.equal(tiles, vector), (m, (tiles.double() - vector.double()).abs().max().item())
 
 
 def test_batch_invariance_check_can_fail():
@@ -63,15 +86,29 @@ def test_batch_invariance_check_can_fail():
     assert not torch.equal(nudged, batched[:1])
 
 
-def test_isa_paths_agree():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_isa_paths_agree(dtype):
     qw = random_quantized(100, 256, 128)
-    x = torch.randn(11, 256)
+    x = torch.randn(11, 256).to(dtype)
     results = []
     for isa in SUPPORTED_ISAS:
         with cpu_isa(isa):
             results.append(run_gemm(x, qw))
-    for y in results[1:]:
-        torch.testing.assert_close(y, results[0], atol=1e-4, rtol=1e-4)
+    for y in results[1:]:  # float32 accumulation in different orders; 16-bit outputs may round apart by 1 ulp
+        atol, rtol = (1e-4, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
+        torch.testing.assert_close(y.float(), results[0].float(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_activations(isa, dtype):
+    """Rows of x farther apart than K (a slice of a wider tensor) and a transposed x (column-major)."""
+    qw = random_quantized(70, 256, 64)
+    wide = torch.randn(6, 300).to(dtype)
+    column_major = torch.randn(256, 6).to(dtype).t()
+    with cpu_isa(isa):
+        for x in (wide[:, 7:263], column_major):
+            assert_close_to_reference(run_gemm(x, qw), x, qw)
 
 
 def test_empty_batch():

@@ -9,7 +9,8 @@ from specdec_kernels import _C, quant
 # (N, K, group_size, M): odd N, tile boundaries (16/64 columns), every group size.
 SAMPLES = [(19, 64, 32, 1), (111, 256, 64, 3), (64, 128, 128, 16), (989, 384, 128, 64), (65, 96, 32, 127),
            (128, 512, 64, 9), (48, 128, 32, 8)]
-ISAS = ("avx512", "avx2", "generic")
+ISAS = ("avx512", "avx2", "generic")  # the vector paths every CPU kernel has
+W4A16_ISAS = ("amx", "avx512vnni") + ISAS  # W4A16 also has int8 dot-product paths
 
 
 @contextmanager
@@ -32,6 +33,14 @@ def isa_supported(name: str) -> bool:
             return _C.cpu_isa() == name
         except RuntimeError:
             return False
+
+
+def isa_params(isas):
+    """pytest params for CPU paths: the ones this CPU (or OS) lacks are skipped, saying so."""
+    import pytest
+
+    return [pytest.param(isa, marks=pytest.mark.skipif(not isa_supported(isa), reason=f"this CPU/OS lacks {isa}"))
+            for isa in isas]
 
 
 def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16, seed: int = 0):

@@ -54,6 +54,49 @@ std::vector<at::Tensor> w4a16_prepack_cpu(const at::Tensor& qweight, const at::T
   return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
 }
 
+int dtype_code(at::ScalarType t) {
+  return t == at::kBFloat16 ? kOutBFloat16 : t == at::kHalf ? kOutHalf : kOutFloat;
+}
+
+// Up to this many digit rows (x rows times digits) the AMX path runs the VNNI vector kernel: the same
+// exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle.
+constexpr int64_t kVectorDigitRows = 4;
+
+// AMX-INT8 / AVX512-VNNI: x as int8 digits (float32: 4, 16-bit: 3) in panels, the result written in
+// x's dtype by the kernel.
+at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, bool tiles_allowed) {
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
+  const int dtype = dtype_code(x.scalar_type());
+  const int digits = dtype == kOutFloat ? 4 : 3, k_step = group_size == 32 ? 32 : 64;
+  const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
+  // Digit rows (M * digits) in blocks of 16 tile rows, fewer when there are fewer; the vector kernel: one block.
+  const int tile_rows = static_cast<int>(use_tiles ? std::min<int64_t>(M * digits, 16) : M * digits);
+  const int64_t row_blocks = (M * digits + tile_rows - 1) / tile_rows, groups = K / group_size;
+  at::Tensor panels = at::empty({row_blocks * K * tile_rows}, x.options().dtype(at::kChar));
+  at::Tensor sums = at::empty({2, M, groups}, x.options().dtype(at::kFloat));  // xsum, xscale
+  at::Tensor out = at::empty({M, out_features}, x.options());
+  const AmxActivations acts{x.data_ptr(), x.stride(0), dtype, (int)M, (int)K, (int)group_size, digits, tile_rows,
+                            k_step};
+  int8_t* panel_data = panels.data_ptr<int8_t>();
+  float* xsum = sums.data_ptr<float>();
+  float* xscale = xsum + M * groups;
+  amx::pack_activations(acts, panel_data, xsum, xscale);
+  const AmxArgs args{panel_data, xsum, xscale, (int)M, (int)K, (int)group_size, digits, tile_rows, k_step,
+                     reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
+                     packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), out.data_ptr(), out.stride(0),
+                     out_features, dtype, (int)out.element_size(), use_tiles};
+  const int64_t quanta = tiles / kTileQuantum;
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = quanta * id / threads * kTileQuantum, end = quanta * (id + 1) / threads * kTileQuantum;
+    if (begin < end) amx::w4a16_gemm_tiles(args, begin, end);
+  }
+  return out;
+}
+
 at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
   check_group_size(group_size);
@@ -83,6 +126,9 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
 
   const int64_t M = x.size(0);
   if (M == 0) return at::empty({0, out_features}, x.options());
+  const Isa isa = chosen_matrix_isa();
+  if (isa == Isa::kAmx || isa == Isa::kAvx512Vnni)
+    return w4a16_gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, isa == Isa::kAmx);
   // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
   const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
   const at::Tensor x32 = x_in_place ? x

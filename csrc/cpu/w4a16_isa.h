@@ -1,5 +1,6 @@
 // The per-ISA entry points of the CPU W4A16 kernel (w4a16_isa.cpp) and their shared arguments.
 #pragma once
+#include <cstdint>
 
 namespace specdec::cpu {
 
@@ -20,5 +21,36 @@ constexpr long kTileQuantum = 4;  // every ISA's tiles-per-step divides it
 namespace avx512 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace avx2 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
 namespace generic { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
+
+// ---- AMX-INT8 / AVX512-VNNI (w4a16_amx.cpp): activations as int8 digits in panels, output in x's dtype.
+enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };
+
+struct AmxActivations {
+  const void* data;               // x [M, ld] in `dtype`
+  long ld;
+  int dtype;                      // DtypeCode
+  int M, K, group_size;
+  int digits, tile_rows;          // int8 digits per value; digit rows (x row * digits + d) per panel block
+  int k_step;                     // k per tile multiply: 64, or 32 when group_size is 32
+};
+
+struct AmxArgs {
+  const int8_t* panels;           // [blocks][K/k_step][tile_rows][k_step] digits (pack_activations)
+  const float* xsum;              // [M, K/G] per-group sums of x
+  const float* xscale;            // [M, K/G] 2^(E - 6 - 7 (digits - 1)): the last digit's weight
+  int M, K, group_size, digits, tile_rows, k_step;
+  const unsigned* qpacked;        // as W4A16Args
+  const float* scales;
+  const float* mins;
+  void* out;                      // [M, ld_out] in out_dtype, N valid columns
+  long ld_out, N;
+  int out_dtype, out_elem;        // DtypeCode, bytes per element
+  bool use_tiles;                 // AMX tile multiplies; else the AVX512-VNNI kernel (bitwise the same)
+};
+
+namespace amx {
+void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, float* xscale);
+void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end);
+}  // namespace amx
 
 }  // namespace specdec::cpu
