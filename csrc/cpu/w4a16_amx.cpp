@@ -5,9 +5,10 @@
 // Activations as int8 digits. Per row and group g, with E = the binary exponent of max |x| in the group,
 //   x[k] ~= sum_{d < D} digit_d[k] * 2^(E - 6 - 7 d),   digit_d in -127..127
 // (each digit the truncation of what the previous ones left, the last one rounded): a fixed-point window
-// of 7 D bits below the group's largest value. Values at most 7 D - 8 binades below the group maximum
-// are exact (bf16: 13, float16: 10 binades with D = 3; float32: 4 with D = 4); smaller ones are off by
-// less than half a unit of the last digit, 2^-(7 D - 1) of the group maximum.
+// of 7 D bits below the group's largest value; D = 3 for every dtype. Values at most 7 D - 8 binades below
+// the group maximum are exact (bf16: 13, float16: 10 binades); others, and float32 values, which carry more
+// bits than the window, are off by less than half a unit of the last digit, 2^-20 of the group maximum
+// (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error far below the 4-bit weights').
 // Weights stay q (0..15, exact). Per row, group and 16 output columns:
 //   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^18)
 //   c   = (C_0 * 128 + C_1) * 128 + ...                          (float32, one rounding per step)
@@ -357,7 +358,7 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
       const __m512 to_fixed = finite ? _mm512_set1_ps(pow2(6 - exponent)) : _mm512_setzero_ps();
       for (int i = 0; i < G; i += 16) {
         const long k = k0 + i, at = (k / step) * tile_rows * step + k % step;
-        int8_t* rows[4];
+        int8_t* rows[3];
         for (int d = 0; d < D; ++d) rows[d] = digit_row(m * D + d) + at;
         store_digits(_mm512_load_ps(vals + i), to_fixed, D, rows);
       }
@@ -368,9 +369,8 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M, (a.M * a.digits + 15) / 16 * 16);
-  if (a.use_tiles) return a.digits == 3 ? tile_kernel<3>(a, dq, scratch, begin, end) : tile_kernel<4>(a, dq, scratch, begin, end);
-  if (a.digits == 3) return vector_tiles<3>(a, dq, begin, end, scratch.y.data());
-  vector_tiles<4>(a, dq, begin, end, scratch.y.data());
+  if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
+  vector_tiles<3>(a, dq, begin, end, scratch.y.data());
 }
 
 }  // namespace specdec::cpu::amx

@@ -62,14 +62,14 @@ int dtype_code(at::ScalarType t) {
 // exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle.
 constexpr int64_t kVectorDigitRows = 4;
 
-// AMX-INT8 / AVX512-VNNI: x as int8 digits (float32: 4, 16-bit: 3) in panels, the result written in
+// AMX-INT8 / AVX512-VNNI: x as 3 int8 digits per value in panels, the result written in
 // x's dtype by the kernel.
 at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                            const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, bool tiles_allowed) {
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
-  const int digits = dtype == kOutFloat ? 4 : 3, k_step = group_size == 32 ? 32 : 64;
+  const int digits = 3, k_step = group_size == 32 ? 32 : 64;
   const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
   // Digit rows (M * digits) in blocks of 16 tile rows, fewer when there are fewer; the vector kernel: one block.
   const int tile_rows = static_cast<int>(use_tiles ? std::min<int64_t>(M * digits, 16) : M * digits);
