@@ -38,14 +38,14 @@ constexpr int kMaxStepsPerGroup = 2;  // G <= 128, steps of 64 k
 // region: std::vector's code must not be built with AVX-512 and then shared with the portable paths.
 struct Scratch {
   std::vector<float> y;    // [M][64]: float32 accumulators of the current 4 tiles
-  std::vector<int32_t> c;  // [4][digit rows][16]: one group's C tiles, all row blocks, for the epilogue
+  std::vector<int32_t> c;  // [4][tile rows][16]: one row block's C tiles of a group, for the epilogue
   alignas(64) uint8_t b[kTilesPerBlock * kMaxStepsPerGroup][16 * 64];  // one group's B tiles
 };
 
-Scratch& thread_scratch(int M, int digit_rows) {
+Scratch& thread_scratch(int M, int tile_rows) {
   thread_local Scratch scratch;
   if (scratch.y.size() < static_cast<size_t>(M) * 64) scratch.y.resize(static_cast<size_t>(M) * 64);
-  if (scratch.c.size() < static_cast<size_t>(digit_rows) * 64) scratch.c.resize(static_cast<size_t>(digit_rows) * 64);
+  if (scratch.c.size() < static_cast<size_t>(tile_rows) * 64) scratch.c.resize(static_cast<size_t>(tile_rows) * 64);
   return scratch;
 }
 
@@ -238,14 +238,15 @@ void configure_tiles(int rows, int step) {
   _tile_loadd(7, b3, 64);                                 \
   _tile_dpbsud(3, A, 7)
 
-// Tiles [begin, end) in blocks of 4; per (block, group): dequantize the group's B tiles once, multiply
-// them with every row block (16 digit rows), then run the epilogue for all rows.
+// Tiles [begin, end) in blocks of 4; per (block, group): dequantize the group's B tiles once, then for each
+// row block (tile_rows = whole x rows of digit rows) multiply, store C and run that block's epilogue at once:
+// C is still in L1 and the next block's tile multiplies overlap this block's vector work.
 template <int D>
 void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long begin, long end) {
   const int M = a.M, K = a.K, groups = K / a.group_size, step = a.k_step, steps = a.group_size / step;
-  const int tile_rows = a.tile_rows, row_blocks = (M * D + tile_rows - 1) / tile_rows;
+  const int tile_rows = a.tile_rows, block_rows = tile_rows / D, row_blocks = (M + block_rows - 1) / block_rows;
   const long q_tile = (long)K / 8 * kTileN, s_tile = (long)groups * kTileN, panel = (long)K * tile_rows;
-  const long c_tile = (long)row_blocks * tile_rows * kTileN;  // int32 per C tile in scratch.c
+  const long c_tile = (long)tile_rows * kTileN;  // int32 per C tile in scratch.c: one row block
   float* yacc = scratch.y.data();
   int32_t* cbuf = scratch.c.data();
   configure_tiles(tile_rows, step);
@@ -254,6 +255,11 @@ void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long
       const unsigned* words = a.qpacked + tile0 * q_tile + (long)g * a.group_size / 8 * kTileN;
       for (int t = 0; t < kTilesPerBlock; ++t)
         for (int i = 0; i < steps; ++i) dq.tile(words + t * q_tile + i * step / 8 * kTileN, step, scratch.b[t * steps + i]);
+      __m512 s[kTilesPerBlock], m[kTilesPerBlock];
+      for (int t = 0; t < kTilesPerBlock; ++t) {
+        s[t] = _mm512_loadu_ps(a.scales + (tile0 + t) * s_tile + g * kTileN);
+        m[t] = _mm512_loadu_ps(a.mins + (tile0 + t) * s_tile + g * kTileN);
+      }
       for (int blk = 0; blk < row_blocks; ++blk) {
         _tile_zero(0);
         _tile_zero(1);
@@ -268,24 +274,20 @@ void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long
             SPECDEC_AMX_STEP(5, a_tile, step, b[0], b[steps], b[2 * steps], b[3 * steps]);
           }
         }
-        int32_t* c_blk = cbuf + (long)blk * tile_rows * kTileN;
-        _tile_stored(0, c_blk, 64);
-        _tile_stored(1, c_blk + c_tile, 64);
-        _tile_stored(2, c_blk + 2 * c_tile, 64);
-        _tile_stored(3, c_blk + 3 * c_tile, 64);
-      }
-      __m512 s[kTilesPerBlock], m[kTilesPerBlock];
-      for (int t = 0; t < kTilesPerBlock; ++t) {
-        s[t] = _mm512_loadu_ps(a.scales + (tile0 + t) * s_tile + g * kTileN);
-        m[t] = _mm512_loadu_ps(a.mins + (tile0 + t) * s_tile + g * kTileN);
-      }
-      for (int row = 0; row < M; ++row) {
-        const long rg = (long)row * groups + g;
-        const float scale = a.xscale[rg], xs = a.xsum[rg];
-        for (int t = 0; t < kTilesPerBlock; ++t) {
-          __m512i digit_c[D];
-          for (int d = 0; d < D; ++d) digit_c[d] = _mm512_load_si512(cbuf + t * c_tile + (row * D + d) * kTileN);
-          update_y<D>(yacc + (long)row * 64 + t * kTileN, digit_c, s[t], m[t], scale, xs, g == 0);
+        _tile_stored(0, cbuf, 64);
+        _tile_stored(1, cbuf + c_tile, 64);
+        _tile_stored(2, cbuf + 2 * c_tile, 64);
+        _tile_stored(3, cbuf + 3 * c_tile, 64);
+        const int first = blk * block_rows, last = first + block_rows < M ? first + block_rows : M;
+        for (int row = first; row < last; ++row) {
+          const long rg = (long)row * groups + g;
+          const float scale = a.xscale[rg], xs = a.xsum[rg];
+          for (int t = 0; t < kTilesPerBlock; ++t) {
+            __m512i digit_c[D];
+            for (int d = 0; d < D; ++d)
+              digit_c[d] = _mm512_load_si512(cbuf + t * c_tile + ((row - first) * D + d) * kTileN);
+            update_y<D>(yacc + (long)row * 64 + t * kTileN, digit_c, s[t], m[t], scale, xs, g == 0);
+          }
         }
       }
     }
@@ -368,7 +370,7 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
-  Scratch& scratch = thread_scratch(a.M, (a.M * a.digits + 15) / 16 * 16);
+  Scratch& scratch = thread_scratch(a.M, a.tile_rows);
   if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
   vector_tiles<3>(a, dq, begin, end, scratch.y.data());
 }

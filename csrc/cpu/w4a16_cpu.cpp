@@ -71,8 +71,10 @@ at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qwei
   const int dtype = dtype_code(x.scalar_type());
   const int digits = 3, k_step = group_size == 32 ? 32 : 64;
   const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
-  // Digit rows (M * digits) in blocks of 16 tile rows, fewer when there are fewer; the vector kernel: one block.
-  const int tile_rows = static_cast<int>(use_tiles ? std::min<int64_t>(M * digits, 16) : M * digits);
+  // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
+  // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
+  const int64_t max_block_rows = 16 / digits, blocks = (M + max_block_rows - 1) / max_block_rows;
+  const int tile_rows = static_cast<int>(use_tiles ? (M + blocks - 1) / blocks * digits : M * digits);
   const int64_t row_blocks = (M * digits + tile_rows - 1) / tile_rows, groups = K / group_size;
   at::Tensor panels = at::empty({row_blocks * K * tile_rows}, x.options().dtype(at::kChar));
   at::Tensor sums = at::empty({2, M, groups}, x.options().dtype(at::kFloat));  // xsum, xscale

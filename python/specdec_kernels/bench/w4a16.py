@@ -35,12 +35,17 @@ def _torch_int4(w_int: torch.Tensor, qw: quant.QuantizedWeight, device):
         return None
 
 
+def half_dtype(device: torch.device) -> torch.dtype:
+    """The 16-bit activation dtype benchmarked on the device (CPU kernels take bf16, CUDA ones fp16)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def bench_point(n, k, group_size, m, device, repeats, bandwidth, peak, flush):
     weight = torch.randn(n, k) * 0.02
     qw = quant.quantize_rtn(weight, group_size)
     w_int = quant.unpack_int4(qw.qweight)
     packed = ops.w4a16_prepack(qw.qweight.to(device), qw.scales.to(device), qw.mins.to(device), group_size)
-    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    half = half_dtype(device)
     dense = {torch.float32: quant.dequantize(qw).to(device)}
     dense[half] = dense[torch.float32].to(half)
     x = {dtype: torch.randn(m, k, device=device).to(dtype) for dtype in (torch.float32, half)}
@@ -100,10 +105,11 @@ def run(args):
     shapes, batch = (QUICK_SHAPES, QUICK_BATCH) if args.quick else (SHAPES, BATCH)
     if device.type == "cuda" and not args.quick:
         shapes = GPU_SHAPES
-    bandwidth, peak = copy_bandwidth(device), matmul_peak(device)
+    # The compute ceiling: the faster of fp32 and 16-bit dense matmul (AMX / tensor cores run the 16-bit one).
+    bandwidth, peak = copy_bandwidth(device), max(matmul_peak(device), matmul_peak(device, half_dtype(device)))
     info = machine_info(device)
     print(f"# W4A16 GEMM on {info.get('device_name', info['cpu'])} ({info['cpu_isa']}, {info['threads']} threads); "
-          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, matmul peak {peak / 1e9:.0f} GFLOP/s (best of fp32, 16-bit)")
     flush = CacheFlusher(device)
     rows = [bench_point(n, k, g, m, device, args.repeats, bandwidth, peak, flush) for n, k, g in shapes for m in batch]
     half = "fp16" if device.type == "cuda" else "bf16"

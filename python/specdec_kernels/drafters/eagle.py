@@ -25,7 +25,7 @@ from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
 # Draft shapes for this CPU (benchmarks/NOTES.md, "EAGLE tree shape"): keyword arguments of speculative_generate.
-TREE = dict(total_tokens=6, depth=3, draft_top_k=2)
+TREE = dict(total_tokens=8, depth=4, draft_top_k=2)
 CHAIN_LENGTH = 2
 
 
