@@ -1,15 +1,15 @@
-"""Generate text with the runner: specdec generate "PROMPT" [--model PATH.gguf] [--max-new-tokens N] ..."""
+"""Generate text with the runner: specdec generate "PROMPT" [--model PATH.gguf|DIR] [--max-new-tokens N] ..."""
 import sys
 
 from .drafters import EagleDrafter, default_head_path
 from .generate import generate, speculative_generate
 from .hf import chat_prompt_ids, load_tokenizer
-from .models import embedded_model_path, load_gguf
+from .models import embedded_model_path, load_model
 
 
 def add_arguments(parser):
     parser.add_argument("prompt", help="the user's message (rendered with the model's chat template)")
-    parser.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    parser.add_argument("--model", help="a GGUF file or a Hugging Face checkpoint directory (default: the embedded SmolLM2-135M-Instruct Q4_1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -22,7 +22,7 @@ def add_arguments(parser):
 def run(args):
     path = args.model or embedded_model_path()
     tokenizer = load_tokenizer(path)
-    model = load_gguf(path)
+    model = load_model(path)
     prompt = chat_prompt_ids(tokenizer, [{"role": "user", "content": args.prompt}])
     produced = []
 

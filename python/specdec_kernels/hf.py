@@ -1,23 +1,29 @@
-"""transformers integration: the tokenizer and chat template of a GGUF file, and the transformers model on
-the same (dequantized) weights — the `hf` baselines of the end-to-end benchmark."""
+"""transformers integration: the tokenizer and chat template of a model (a GGUF file or a Hugging Face
+directory), and the transformers model on the same (dequantized) weights — the `hf` baselines of the
+end-to-end benchmark."""
 import os
 
 import torch
 
 
-def load_tokenizer(gguf_path: str):
+def _source(path: str) -> dict:
+    """from_pretrained's arguments for a GGUF file or a checkpoint directory."""
+    if os.path.isdir(path):
+        return {"pretrained_model_name_or_path": path}
+    return {"pretrained_model_name_or_path": os.path.dirname(path), "gguf_file": os.path.basename(path)}
+
+
+def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path))
+    return AutoTokenizer.from_pretrained(**_source(path))
 
 
-def load_hf_model(gguf_path: str):
-    """transformers' LlamaForCausalLM with the GGUF weights dequantized to float32 (needs gguf + accelerate)."""
+def load_hf_model(path: str):
+    """transformers' causal LM on the model's weights in float32 (a GGUF file's dequantized; needs gguf)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-                                                 torch_dtype=torch.float32)
-    return model.eval()
+    return AutoModelForCausalLM.from_pretrained(**_source(path), dtype=torch.float32).eval()
 
 
 def chat_prompt_ids(tokenizer, messages) -> list:

@@ -15,7 +15,7 @@ def add_arguments(parser):
     parser.add_argument("--methods", default="vanilla,hf,hf-pld")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
     parser.add_argument("--limit", type=int, help="at most this many prompts per category")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write a PNG of tokens/s per method and category here")
@@ -33,11 +33,11 @@ class Harness:
                  chain_length=None):
         from specdec_kernels.drafters import eagle
         from specdec_kernels.hf import load_tokenizer
-        from specdec_kernels.models import load_gguf
+        from specdec_kernels.models import load_model
 
         self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
         self.tokenizer = load_tokenizer(path)
-        self.model = load_gguf(path)
+        self.model = load_model(path)
         self._hf = self._drafter = None
         self.head_path = head_path or eagle.default_head_path(path)
         self.tree = tree or eagle.TREE

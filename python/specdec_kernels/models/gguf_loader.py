@@ -1,18 +1,21 @@
-"""Load a Llama-family GGUF file into the runner: Q4_0/Q4_1 straight into W4A16 layers (exact), the Q8_0
-output head as two exact 4-bit planes, F32/F16 tensors as they are."""
+"""Load a Llama-family GGUF file (llama, qwen2) into the runner: Q4_0/Q4_1 straight into W4A16 layers (exact),
+Q8_0 matrices as two exact 4-bit planes, F32/F16 as they are — or, by option, every such non-4-bit matrix
+RTN-quantized to 4 bits."""
 import importlib.util
 import os
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, gguf_q4_to_canonical
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, gguf_q4_to_canonical, quantize_rtn
 from specdec_kernels.reference import pack_int4
 
-from .llama import Block, ModelConfig, Transformer
+from .llama import Block, ModelConfig, Transformer, pair_rows
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+HALF_ROTATING = ("qwen2",)  # GGUF keeps these in the rotate-halves RoPE layout (llama.cpp's "neox")
 # Runner layers and the GGUF tensors stacked (along the output dimension) into each.
 BLOCK_TENSORS = {"wqkv": ("attn_q", "attn_k", "attn_v"), "wo": ("attn_output",), "w_gate_up": ("ffn_gate", "ffn_up"),
                  "w_down": ("ffn_down",)}
@@ -44,14 +47,23 @@ class RowwiseLinear(nn.Module):
     """A dense float32 layer computed one row at a time (matrix-vector products): torch's matmul picks
     different kernels for different M, so it is not batch-invariant; a row-by-row product is."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
 
     def forward(self, x):
         rows = x.reshape(-1, x.shape[-1])
         y = torch.stack([torch.mv(self.weight, row) for row in rows]) if rows.shape[0] else rows.new_empty(0, 0)
-        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+        y = y.reshape(*x.shape[:-1], self.weight.shape[0])
+        return y if self.bias is None else y + self.bias
+
+
+def dense_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], group_size: Optional[int]) -> nn.Module:
+    """A float matrix as a layer: kept dense (group_size None) or RTN-quantized to 4 bits in groups of group_size."""
+    if group_size is None:
+        return RowwiseLinear(weight, bias)
+    return W4A16Linear(quantize_rtn(weight, group_size), bias)
 
 
 def q8_0_planes(raw: np.ndarray) -> list:
@@ -78,16 +90,31 @@ def stack_rows(parts: list) -> QuantizedWeight:
                            parts[0].group_size)
 
 
-def linear_from(tensors: list) -> nn.Module:
-    """A layer computing the given GGUF tensors stacked along the output dimension."""
+def reorder(rows: torch.Tensor, heads: Optional[int]) -> torch.Tensor:
+    """Rows of a rotate-halves q/k projection of `heads` heads in the runner's pair order; heads None: as they are."""
+    return rows if heads is None else pair_rows(rows, heads)
+
+
+def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Optional[list] = None,
+                dense_group_size: Optional[int] = None) -> nn.Module:
+    """A layer computing the given GGUF tensors stacked along the output dimension, plus their biases (None:
+    none). pair_heads[i] = n: tensor i is a rotate-halves q/k projection of n heads, reordered by pair_rows.
+    Non-4-bit matrices stay exact unless dense_group_size asks for RTN quantization."""
+    pair_heads = pair_heads or [None] * len(tensors)
+    bias = None if biases is None else torch.cat([reorder(dense(b), n) for b, n in zip(biases, pair_heads)])
     kinds = {t.tensor_type.name for t in tensors}
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
     if kind in ("Q4_0", "Q4_1"):
-        return W4A16Linear(stack_rows([gguf_q4_to_canonical(np.asarray(t.data), kind) for t in tensors]))
-    if kind == "Q8_0" and len(tensors) == 1:
-        return SumOfLinears([W4A16Linear(plane) for plane in q8_0_planes(np.asarray(tensors[0].data))])
-    if kind in ("F32", "F16", "BF16"):
-        return RowwiseLinear(torch.cat([dense(t) for t in tensors]))
+        parts = [gguf_q4_to_canonical(np.asarray(t.data), kind) for t in tensors]
+        parts = [QuantizedWeight(*(reorder(getattr(p, name), n) for name in ("qweight", "scales", "mins")),
+                                 p.group_size) for p, n in zip(parts, pair_heads)]  # exact: rows are independent
+        return W4A16Linear(stack_rows(parts), bias)
+    if kind == "Q8_0" and len(tensors) == 1 and dense_group_size is None and pair_heads[0] is None:
+        hi, lo = q8_0_planes(np.asarray(tensors[0].data))
+        return SumOfLinears([W4A16Linear(hi, bias), W4A16Linear(lo)])
+    if kind in ("F32", "F16", "BF16", "Q8_0"):
+        return dense_linear(torch.cat([reorder(dense(t), n) for t, n in zip(tensors, pair_heads)]), bias,
+                            dense_group_size)
     names = ", ".join(t.name for t in tensors)
     raise ValueError(f"{names}: quantization type {kind} is not supported (Q4_0, Q4_1, Q8_0, F16, F32)")
 
@@ -100,7 +127,9 @@ def _field(reader, key):
     return bytes(value).decode() if field.types[0].name == "STRING" else value[0].item()
 
 
-def load_gguf(path: str, max_seq_len: int = 2048) -> Transformer:
+def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int] = None) -> Transformer:
+    """dense_group_size: RTN-quantize the file's non-4-bit matrices (Q8_0, F16, F32) in groups of this size
+    instead of keeping them exact (Q8_0 as two 4-bit planes, floats dense)."""
     import gguf
 
     if not os.path.exists(path):
@@ -113,9 +142,12 @@ def load_gguf(path: str, max_seq_len: int = 2048) -> Transformer:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     tensors = {t.name: t for t in reader.tensors}
-    if "rope_freqs.weight" in tensors or f"{arch}.rope.scaling.type" in reader.fields:
-        # Llama-3.1-style scaled RoPE is not implemented yet: refuse rather than give wrong long-range logits.
-        raise ValueError(f"{path}: RoPE scaling (rope_freqs / rope.scaling) is not supported yet")
+    scaling = _field(reader, f"{arch}.rope.scaling.type") if f"{arch}.rope.scaling.type" in reader.fields else "none"
+    if scaling not in ("none", "llama3"):
+        # linear / YaRN position scaling is not implemented: refuse rather than give wrong long-range logits
+        raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported (Llama-3 frequency factors are)")
+    # Llama-3 scaling: llama.cpp's converter stores the per-frequency divisors as rope_freqs.weight
+    factors = tuple(dense(tensors["rope_freqs.weight"]).tolist()) if "rope_freqs.weight" in tensors else None
     embedding = dense(tensors["token_embd.weight"])
     config = ModelConfig(
         dim=_field(reader, f"{arch}.embedding_length"), n_layers=_field(reader, f"{arch}.block_count"),
@@ -124,12 +156,20 @@ def load_gguf(path: str, max_seq_len: int = 2048) -> Transformer:
         hidden_dim=_field(reader, f"{arch}.feed_forward_length"), vocab_size=embedding.shape[0],
         norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon"),
         rope_theta=_field(reader, f"{arch}.rope.freq_base") if f"{arch}.rope.freq_base" in reader.fields else 10000.0,
-        max_seq_len=min(max_seq_len, _field(reader, f"{arch}.context_length")))
+        max_seq_len=min(max_seq_len, _field(reader, f"{arch}.context_length")), rope_factors=factors)
+    rotated_heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if arch in HALF_ROTATING else {}
     blocks = []
     for i in range(config.n_layers):
-        linears = {name: linear_from([tensors[f"blk.{i}.{suffix}.weight"] for suffix in suffixes])
-                   for name, suffixes in BLOCK_TENSORS.items()}
+        linears = {}
+        for name, suffixes in BLOCK_TENSORS.items():
+            biases = [tensors.get(f"blk.{i}.{suffix}.bias") for suffix in suffixes]
+            if any(b is not None for b in biases) and None in biases:
+                raise ValueError(f"{path}: layer {i} has biases for only some of {', '.join(suffixes)}")
+            linears[name] = linear_from([tensors[f"blk.{i}.{suffix}.weight"] for suffix in suffixes],
+                                        None if biases[0] is None else biases,
+                                        [rotated_heads.get(suffix) for suffix in suffixes], dense_group_size)
         blocks.append(Block(config, **linears, attn_norm=dense(tensors[f"blk.{i}.attn_norm.weight"]),
                             ffn_norm=dense(tensors[f"blk.{i}.ffn_norm.weight"])))
-    head = linear_from([tensors.get("output.weight", tensors["token_embd.weight"])])  # tied: no output.weight
+    head = linear_from([tensors.get("output.weight", tensors["token_embd.weight"])],  # tied: no output.weight
+                       dense_group_size=dense_group_size)
     return Transformer(config, embedding, blocks, dense(tensors["output_norm.weight"]), head)

@@ -1,11 +1,14 @@
 """A lean Llama-family decoder on the specdec ops (gpt-fast style): every linear layer is W4A16, attention is
 `tree_attention` over a static KV cache, and one forward serves prefill, decoding and tree verification.
 
-RoPE rotates adjacent pairs (x[2i], x[2i+1]): the layout of GGUF files, whose converter permutes the q/k rows
-of Hugging Face checkpoints accordingly (attention scores are the same either way).
+RoPE rotates adjacent pairs (x[2i], x[2i+1]): the layout of GGUF Llama files, whose converter permutes the q/k
+rows of Hugging Face checkpoints accordingly (attention scores are the same either way). Checkpoints that rotate
+halves (x[i], x[i + D/2]) — Hugging Face directories, GGUF Qwen2 — get their q/k rows permuted at load
+(`pair_rows`).
 """
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
+    rope_factors: Optional[Tuple[float, ...]] = None  # per-frequency divisors (Llama-3 scaling), D/2 of them
 
     @property
     def head_dim(self) -> int:
@@ -37,9 +41,36 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return nn.functional.rms_norm(x, weight.shape, weight, eps)
 
 
-def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+def base_frequencies(head_dim: int, rope_theta: float) -> torch.Tensor:
     """theta_j = rope_theta^(-2j / D), float32 [D/2]."""
-    return 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
+    return 1.0 / rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """The rotation frequencies, float32 [D/2]: theta_j, divided by the scaling factors where there are some."""
+    theta = base_frequencies(config.head_dim, config.rope_theta)
+    return theta if config.rope_factors is None else theta / torch.tensor(config.rope_factors, dtype=torch.float32)
+
+
+def llama3_rope_factors(head_dim: int, rope_theta: float, factor: float, low_freq_factor: float,
+                        high_freq_factor: float, original_max_position_embeddings: int) -> Tuple[float, ...]:
+    """Llama-3.1 RoPE scaling as per-frequency divisors: wavelengths shorter than original / high_freq_factor
+    stay, longer than original / low_freq_factor are divided by `factor`, and the band between blends the two."""
+    theta = base_frequencies(head_dim, rope_theta).double()
+    ratio = original_max_position_embeddings / (2 * math.pi / theta)  # original context over wavelength
+    blend = ((ratio - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)  # 1: keep, 0: divide
+    scaled = (1 - blend) * theta / factor + blend * theta
+    return tuple((theta / scaled).tolist())
+
+
+def pair_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q/k projection (or its bias) that rotates halves, reordered to rotate adjacent pairs:
+    in each head, new row 2i = row i and new row 2i + 1 = row i + D/2."""
+    head_dim = weight.shape[0] // n_heads
+    half = torch.arange(head_dim // 2)
+    within = torch.stack([half, half + head_dim // 2], dim=1).flatten()
+    order = (torch.arange(n_heads)[:, None] * head_dim + within).flatten()
+    return weight[order]
 
 
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> torch.Tensor:

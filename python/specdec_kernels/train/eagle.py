@@ -1,6 +1,6 @@
 """Train an EAGLE draft head for a GGUF target on data the target generates itself (DESIGN 4.1, 5b).
 
-    python -m specdec_kernels.train.eagle --out heads/NAME.eagle.pt [--model PATH.gguf] [--max-new-tokens 160]
+    python -m specdec_kernels.train.eagle --out heads/NAME.eagle.pt [--model PATH.gguf|DIR] [--max-new-tokens 160]
         [--epochs 8] [--draft-vocab 8192] [--data CACHE.pt]
 
 1. The target (our runner, batched, greedy) answers the conversations of train/prompts.py; every position's
@@ -198,7 +198,7 @@ def evaluate(head: EagleHead, embedding: torch.Tensor, sequences: list, top_k: i
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m specdec_kernels.train.eagle", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="where to write the head (.eagle.pt)")
-    parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
     parser.add_argument("--data", help="cache of the generated data (read if it exists, else written)")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
@@ -217,14 +217,14 @@ def main(argv=None):
     import os
 
     from specdec_kernels.hf import load_tokenizer
-    from specdec_kernels.models import embedded_model_path, load_gguf
+    from specdec_kernels.models import embedded_model_path, load_model
 
     from .prompts import round_one, round_two
 
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.time()
     path = args.model or embedded_model_path()
-    target = load_gguf(path)
+    target = load_model(path)
     if args.data and os.path.exists(args.data):
         saved = torch.load(args.data, weights_only=True)
         sequences = [Sequence(*fields) for fields in zip(saved["tokens"], saved["features"], saved["answer_start"])]
