@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specdec_kernels import ops, quant, tree
-from specdec_kernels.models.gguf_loader import RowwiseLinear, SumOfLinears
+from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears
 from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_tables
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .gguf_loader import dense_linear
+from .layers import dense_linear
 from .llama import Block, ModelConfig, Transformer, llama3_rope_factors, pair_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
