@@ -62,7 +62,10 @@ def test_tree_forward_matches_each_path(model):
     logits, _ = model(tokens, draft.positions(model.cache_lens), draft.mask())
     for node, chain in [(3, [0, 1, 3]), (4, [0, 2, 4])]:
         chain_logits, _ = model(tokens[:, chain])
-        torch.testing.assert_close(logits[0, node], chain_logits[0, -1], atol=1e-4, rtol=1e-4)
+        # Not bitwise: a node's keys sit at other cache slots than in its chain, so tile sums (AMX) group
+        # them differently; float32 rounding noise, grown over 30 layers (chains stay bitwise: test above).
+        torch.testing.assert_close(logits[0, node], chain_logits[0, -1], atol=2e-3, rtol=1e-4)
+        assert logits[0, node].argmax() == chain_logits[0, -1].argmax()
 
 
 @pytest.mark.model

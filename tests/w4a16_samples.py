@@ -11,6 +11,7 @@ SAMPLES = [(19, 64, 32, 1), (111, 256, 64, 3), (64, 128, 128, 16), (989, 384, 12
            (128, 512, 64, 9), (48, 128, 32, 8)]
 ISAS = ("avx512", "avx2", "generic")  # the vector paths every CPU kernel has
 W4A16_ISAS = ("amx", "avx512vnni") + ISAS  # W4A16 also has int8 dot-product paths
+ATTENTION_ISAS = ("amx",) + ISAS  # tree attention also has AMX-BF16 tiles
 
 
 @contextmanager

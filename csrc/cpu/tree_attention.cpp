@@ -15,6 +15,7 @@
 
 #include "specdec/checks.h"
 #include "specdec/cpu_isa.h"
+#include "specdec/huge_buffer.h"
 #include "specdec/tree_checks.h"
 #include "tree_attention_isa.h"
 
@@ -113,16 +114,33 @@ std::vector<uint16_t> new_token_visibility(const std::optional<at::Tensor>& tree
   return visible;
 }
 
+// [B, T, words] bit masks for the AMX path: bit j of token t's words is set iff it sees new token j.
+std::vector<uint64_t> token_visibility(const std::optional<at::Tensor>& tree_mask, const Shapes& s) {
+  const int64_t words = (s.T + 63) / 64;
+  if (tree_mask.has_value()) {
+    const at::Tensor mask = tree_mask->contiguous();
+    const auto* bits = reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>());
+    return std::vector<uint64_t>(bits, bits + s.B * s.T * words);
+  }
+  std::vector<uint64_t> causal(s.B * s.T * words, 0);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t j = 0; j <= t; ++j) causal[(b * s.T + t) * words + j / 64] |= uint64_t{1} << (j % 64);
+  return causal;
+}
+
 struct Kernels {
   void (*attend_split)(const SplitArgs&);
   void (*fold_partial)(float*, const float*, int, int);
+  bool tiles;  // attend_split reads SplitArgs::q_tiles and token_mask; partials hold o as [ldq][D]
 };
 
 Kernels kernels() {
+  if (chosen_matrix_isa() == Isa::kAmx) return {amx::attend_split_tiles, amx::fold_partial_rows, true};
   switch (chosen_isa()) {
-    case Isa::kAvx512: return {avx512::attend_split, avx512::fold_partial};
-    case Isa::kAvx2: return {avx2::attend_split, avx2::fold_partial};
-    default: return {generic::attend_split, generic::fold_partial};
+    case Isa::kAvx512: return {avx512::attend_split, avx512::fold_partial, false};
+    case Isa::kAvx2: return {avx2::attend_split, avx2::fold_partial, false};
+    default: return {generic::attend_split, generic::fold_partial, false};
   }
 }
 
@@ -160,9 +178,8 @@ constexpr int64_t kPartialBudgetFloats = int64_t{16} << 20;
 
 // Float workspace of the calling thread, kept between calls (fresh pages would cost a fault each).
 float* workspace(int64_t floats) {
-  thread_local std::vector<float> buffer;
-  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
-  return buffer.data();
+  thread_local HugeBuffer buffer;
+  return static_cast<float*>(buffer.reserve(floats * sizeof(float)));
 }
 
 at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -196,14 +213,28 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   }
 
   // workspace: qt [B, Hkv, D, ldq] | acc [B * Hkv][part] | partials of a wave | scratch per thread
-  const int64_t qt_floats = s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
-  const int64_t scratch_floats = split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
-  float* qt = workspace(qt_floats + acc_floats + wave_floats + at::get_num_threads() * scratch_floats);
-  float *acc = qt + qt_floats, *partials = acc + acc_floats, *scratch = partials + wave_floats;
-  pack_queries(q, scale, s, qt);
-  const std::vector<uint16_t> visible = new_token_visibility(tree_mask, s);
-  at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, q.options().dtype(at::kFloat));
+  //   | query tiles (the AMX path; bf16, two per float)
   const Kernels kernel = kernels();
+  const int64_t qt_floats = s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
+  const int64_t scratch_floats =
+      kernel.tiles ? 0 : split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
+  const int64_t tile_floats =
+      kernel.tiles ? amx::query_tile_elements(s.B * s.Hkv, static_cast<int>(s.D), static_cast<int>(s.row_vectors)) / 2
+                   : 0;
+  float* qt =
+      workspace(qt_floats + acc_floats + wave_floats + at::get_num_threads() * scratch_floats + tile_floats);
+  float *acc = qt + qt_floats, *partials = acc + acc_floats, *scratch = partials + wave_floats;
+  auto* q_tiles = reinterpret_cast<uint16_t*>(scratch + at::get_num_threads() * scratch_floats);
+  pack_queries(q, scale, s, qt);
+  std::vector<uint16_t> visible;
+  std::vector<uint64_t> token_mask;
+  if (kernel.tiles) {
+    amx::pack_query_tiles(qt, s.B * s.Hkv, static_cast<int>(s.D), static_cast<int>(s.row_vectors), q_tiles);
+    token_mask = token_visibility(tree_mask, s);
+  } else {
+    visible = new_token_visibility(tree_mask, s);
+  }
+  at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, q.options().dtype(at::kFloat));
   const CacheType type = cache_type(q.scalar_type());
   const char* k_base = static_cast<const char*>(k_cache.data_ptr());
   const char* v_base = static_cast<const char*>(v_cache.data_ptr());
@@ -236,8 +267,12 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
           dst[r] = out.data_ptr<float>() + ((g.b * s.T + r / s.group) * s.Hq + h * s.group + r % s.group) * s.D;
           inverse[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // a row that sees nothing gives 0
         }
-        for (int64_t d = 0; d < s.D; ++d)  // reads in order; the rows written stay in L1 across 16 dims
-          for (int64_t r = 0; r < s.rows; ++r) dst[r][d] = o[d * s.ldq() + r] * inverse[r];
+        if (kernel.tiles)  // o [ldq][D]
+          for (int64_t r = 0; r < s.rows; ++r)
+            for (int64_t d = 0; d < s.D; ++d) dst[r][d] = o[r * s.D + d] * inverse[r];
+        else  // o [D][ldq]: reads in order; the rows written stay in L1 across 16 dims
+          for (int64_t d = 0; d < s.D; ++d)
+            for (int64_t r = 0; r < s.rows; ++r) dst[r][d] = o[d * s.ldq() + r] * inverse[r];
       }
     };
 
@@ -256,7 +291,13 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.row_vectors = static_cast<int>(s.row_vectors);
       a.rows = static_cast<int>(s.rows);
       a.qt = qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
-      a.new_visible = visible.data() + g.b * s.T * s.row_vectors;
+      a.new_visible = kernel.tiles ? nullptr : visible.data() + g.b * s.T * s.row_vectors;
+      a.q_tiles = kernel.tiles ? q_tiles + amx::query_tile_elements(g.b * s.Hkv + g.h0, a.D, a.row_vectors) : nullptr;
+      const int64_t words = (s.T + 63) / 64;
+      a.token_mask = kernel.tiles ? token_mask.data() + g.b * s.T * words : nullptr;
+      a.mask_words = static_cast<int>(words);
+      a.group = static_cast<int>(s.group);
+      a.T = static_cast<int>(s.T);
       a.cache_len = len[g.b];
       a.begin = (w0 + i - g.first_task) * kAttentionSplit;
       a.end = std::min<int64_t>(a.begin + kAttentionSplit, len[g.b] + s.T);

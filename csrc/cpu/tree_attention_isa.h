@@ -5,6 +5,7 @@
 // h * group + g), padded to row_vectors * 16, and sit in vector LANES: every per-head array below is
 // [something][row_vectors * 16], so the softmax over positions is lane-wise (no horizontal work).
 #pragma once
+#include <cstdint>
 
 namespace specdec::cpu {
 
@@ -28,6 +29,10 @@ struct SplitArgs {
   long prefetch_end;  // cache_len + T: rows below it may be prefetched for the next chunk
   float* partial;   // out, per head: o [D][row_vectors * 16], then m and l [row_vectors * 16]
   float* scratch;   // split_scratch_floats(heads, D) floats of the calling thread
+  // the AMX path (tree_attention_amx.cpp) reads queries as bf16 tiles and the mask per token instead
+  const unsigned short* q_tiles;         // pack_query_tiles of the task's heads
+  const uint64_t* token_mask;       // [T][mask_words]: bit j of token t's words = it sees new token j
+  int mask_words, group, T;              // rows = T * group
 };
 
 inline long partial_floats(int D, int row_vectors) { return (D + 2L) * row_vectors * 16; }
@@ -44,5 +49,16 @@ namespace avx512 { SPECDEC_TREE_ATTENTION_DECL }
 namespace avx2 { SPECDEC_TREE_ATTENTION_DECL }
 namespace generic { SPECDEC_TREE_ATTENTION_DECL }
 #undef SPECDEC_TREE_ATTENTION_DECL
+
+// AMX-BF16 tiles (tree_attention_amx.cpp): the same tasks as attend_split; partials of the same size with o
+// by rows, [row_vectors * 16][D] (the tiles' layout), then m and l.
+namespace amx {
+void attend_split_tiles(const SplitArgs& a);
+void fold_partial_rows(float* acc, const float* part, int D, int row_vectors);
+// bf16 elements of the query tiles of `heads` (batch row, KV head) pairs
+long query_tile_elements(long heads, int D, int row_vectors);
+// qt [heads][D][row_vectors * 16] (pre-scaled) -> [heads][row block][Dp / 32 steps][hi, lo][16 rows][32 dims]
+void pack_query_tiles(const float* qt, long heads, int D, int row_vectors, unsigned short* out);
+}  // namespace amx
 
 }  // namespace specdec::cpu

@@ -35,6 +35,7 @@ inline bool cpu_has(Isa isa) {
   switch (isa) {
     case Isa::kAmx:
       return cpu_has(Isa::kAvx512Vnni) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") &&
+             __builtin_cpu_supports("amx-bf16") &&
              os_allows_tiles();
     case Isa::kAvx512Vnni:
       return cpu_has(Isa::kAvx512) && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");

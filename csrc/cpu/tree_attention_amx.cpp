@@ -1,0 +1,400 @@
+// The AMX-BF16 path of CPU tree attention (Sapphire Rapids and later): both products of a split task,
+// S = Q K^T and O = P V, as bf16 tile multiplies with float32 accumulation; the mask and the softmax in
+// between on AVX-512 vectors. Same tasks, partials and fold as the vector path (tree_attention.cpp).
+//
+// Precision. Float32 and float16 operands are split into two bf16 pieces, x = hi + lo + e with
+// |e| <= 2^-17 |x| (float16: e = 0), and each product takes three tile passes, hi.hi + hi.lo + lo.hi: the
+// dropped terms are ~2^-15 of each product (|S| ~ 10 -> ~3e-4 absolute at worst, 1e-5 typical). bf16 caches
+// are exact in one piece (two passes: the pre-scaled queries and the probabilities keep two pieces).
+//
+// Batch invariance. A tile row (one query row) depends only on its own A row; the passes, steps and their
+// order are fixed by the split (absolute positions, padded to 64) whatever T is, and keys a row does not see
+// have P = 0, adding exact zeros. So verifying T chain tokens at once gives the bits of decoding them one at
+// a time, as on the vector path (tests/test_tree_attention.py checks it bitwise).
+//
+// Per task, per head (tiles are 16 rows x 64 bytes, 1 KiB):
+//   Q tiles [row block][step][piece] [16 rows][32 dims]          (pack_query_tiles, once per call)
+//   K tiles [piece][key tile][step] [16 dim pairs][16 keys x 2]  (K^T in VNNI pairs of dims)
+//   V tiles [piece][key step][dim tile] [16 key pairs][16 dims x 2]
+//   S [16 rows][256] float32 -> P pieces [piece][16 rows][256] bf16 -> O [16 rows][Dp] float32
+// Dims pad to Dp (a multiple of 64) and keys to a multiple of 64 with zeros. Tile registers: tmm0-3 = C
+// (64 keys of S, or 64 dims of O), tmm4/5 = A hi/lo, tmm6/7 = B hi/lo.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "specdec/huge_buffer.h"
+
+#include "tree_attention_isa.h"
+
+namespace specdec::cpu::amx {
+namespace {
+
+constexpr int kTileElements = 16 * 32;  // bf16 per tile
+constexpr int kSplit = static_cast<int>(kAttentionSplit);
+
+inline int step_dims(int D) { return (D + 31) / 32 * 32; }  // D padded to whole 32-dim steps of Q K^T
+
+// Per-thread buffers, kept between calls (huge_buffer.h: placement matters to the tile loads); sized for
+// D = 256. Compiled outside the target region, like every non-kernel function here.
+struct Scratch {
+  uint16_t *k, *v, *p;  // K and V tiles of one head, P pieces of two row blocks
+  float* s;             // S of two row blocks
+  HugeBuffer buffer;
+  Scratch() {
+    constexpr size_t stage = 2 * kSplit * 256 * sizeof(uint16_t);  // two pieces of 256 keys x 256 dims
+    constexpr size_t s_bytes = 32 * kSplit * sizeof(float), p_bytes = 2 * 32 * kSplit * sizeof(uint16_t);
+    char* region = static_cast<char*>(buffer.reserve(2 * stage + s_bytes + p_bytes));
+    k = reinterpret_cast<uint16_t*>(region);
+    v = reinterpret_cast<uint16_t*>(region + stage);
+    s = reinterpret_cast<float*>(region + 2 * stage);
+    p = reinterpret_cast<uint16_t*>(region + 2 * stage + s_bytes);
+  }
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+}  // namespace
+
+long query_tile_elements(long heads, int D, int row_vectors) {
+  return heads * row_vectors * (step_dims(D) / 32) * 2 * kTileElements;
+}
+
+}  // namespace specdec::cpu::amx
+
+#pragma GCC push_options
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
+namespace specdec::cpu::amx {
+namespace {
+
+// ---------------------------------------------------------------- conversions
+// Two vectors (x0 = elements 0..15, x1 = 16..31) -> 32 bf16 hi and lo pieces, in order.
+inline void split_pieces(__m512 x0, __m512 x1, __m512i& hi, __m512i& lo) {
+  const __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
+  hi = reinterpret_cast<const __m512i&>(h);
+  const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi)), 16));
+  const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hi, 1)), 16));
+  const __m512bh l = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));  // exact differences
+  lo = reinterpret_cast<const __m512i&>(l);
+}
+
+template <CacheType type>
+inline __m512 load16(const void* src, long index) {
+  if constexpr (type == CacheType::kFloat) {
+    return _mm512_loadu_ps(static_cast<const float*>(src) + index);
+  } else if constexpr (type == CacheType::kBFloat16) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(src) + index));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  } else {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(src) + index)));
+  }
+}
+
+// r[i] = row i of a 16 x 16 block of 32-bit elements -> r[i] = column i (unpacks, then 128-bit lane moves).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  __m512i u[16];  // lane L of u[4k + c] = column 4L + c, rows 4k .. 4k + 3
+  for (int k = 0; k < 4; ++k) {
+    u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {  // a 4 x 4 transpose of 128-bit lanes across u[c], u[4 + c], u[8 + c], u[12 + c]
+    const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+    const __m512i x2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44),
+                  x3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+    r[c] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(x0, x2, 0xdd);
+    r[8 + c] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(x1, x3, 0xdd);
+  }
+}
+
+// ---------------------------------------------------------------- staging K and V of one head
+// Positions [first, first + n) -> K tiles; keys n .. keys (a multiple of 64) and dims D .. Dp are zero.
+template <CacheType type, bool kLow>
+void stage_keys(const SplitArgs& a, const void* k, long first, int n, int keys, uint16_t* out) {
+  const int D = a.D, steps = step_dims(D) / 32, key_tiles = keys / 16;
+  const long piece = static_cast<long>(key_tiles) * steps * kTileElements;
+  for (int kt = 0; kt < key_tiles; ++kt)
+    for (int st = 0; st < steps; ++st) {
+      __m512i hi[16], lo[16];
+      for (int i = 0; i < 16; ++i) {
+        const int p = kt * 16 + i, d = st * 32;
+        const __m512 x0 = p < n && d < D ? load16<type>(k, (first + p) * a.k_stride + d) : _mm512_setzero_ps();
+        const __m512 x1 = p < n && d + 16 < D ? load16<type>(k, (first + p) * a.k_stride + d + 16) : _mm512_setzero_ps();
+        split_pieces(x0, x1, hi[i], lo[i]);
+      }
+      uint16_t* tile = out + (static_cast<long>(kt) * steps + st) * kTileElements;
+      transpose16(hi);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + i * 32, hi[i]);
+      if constexpr (kLow) {
+        transpose16(lo);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + piece + i * 32, lo[i]);
+      }
+    }
+}
+
+// Positions [first, first + n) -> V tiles (row kp of a tile: keys 2 kp and 2 kp + 1 interleaved per dim).
+template <CacheType type, bool kLow>
+void stage_values(const SplitArgs& a, const void* v, long first, int n, int keys, uint16_t* out) {
+  const int D = a.D, dim_tiles = D / 16, key_steps = keys / 32;
+  const long piece = static_cast<long>(key_steps) * dim_tiles * kTileElements;
+  alignas(64) uint16_t order[32];
+  for (int i = 0; i < 16; ++i) order[2 * i] = static_cast<uint16_t>(i), order[2 * i + 1] = static_cast<uint16_t>(16 + i);
+  const __m512i interleave = _mm512_load_si512(order);
+  for (int ks = 0; ks < key_steps; ++ks)
+    for (int dt = 0; dt < dim_tiles; ++dt) {
+      uint16_t* tile = out + (static_cast<long>(ks) * dim_tiles + dt) * kTileElements;
+      const int d = dt * 16;
+      for (int kp = 0; kp < 16; ++kp) {
+        const int p = ks * 32 + 2 * kp;
+        const __m512 x0 = p < n && d < D ? load16<type>(v, (first + p) * a.v_stride + d) : _mm512_setzero_ps();
+        const __m512 x1 = p + 1 < n && d < D ? load16<type>(v, (first + p + 1) * a.v_stride + d) : _mm512_setzero_ps();
+        __m512i hi, lo;
+        split_pieces(x0, x1, hi, lo);
+        _mm512_storeu_si512(tile + kp * 32, _mm512_permutexvar_epi16(interleave, hi));
+        if constexpr (kLow) _mm512_storeu_si512(tile + piece + kp * 32, _mm512_permutexvar_epi16(interleave, lo));
+      }
+    }
+}
+
+// ---------------------------------------------------------------- the tile multiply
+struct alignas(64) TileConfig {  // ldtilecfg's operand, palette 1
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.bytes_per_row[t] = 64;
+  _tile_loadconfig(&cfg);
+}
+
+// One column tile (16 keys of S, or 16 dims of O) of R = 1 or 2 row blocks, summed over steps:
+//   C_r = sum_step A_r(step) B(step),   A_r(step) = a + r * a_block + step * a_step (hi; lo a_piece further),
+//   rows a_ld bytes apart;   B(step) = b + step * b_step (hi; lo b_piece further).
+// Two row blocks share each B tile (half the B loads, which come from L2). Tiles: tmm0/1 = C_r,
+// tmm4/5 = A_0 hi/lo, tmm2/3 = A_1 hi/lo, tmm6/7 = B hi/lo. Per C element the passes run in one fixed
+// order, step after step: hi.hi, hi.lo (kLow), lo.hi.
+struct Operands {
+  const uint16_t* a;
+  long a_step, a_piece, a_block, a_ld;
+  const uint16_t* b;
+  long b_step, b_piece;
+};
+
+template <bool kLow, int R>
+void multiply_column(const Operands& t, int steps, float* c, long c_block, long ldc) {
+  _tile_zero(0);
+  if constexpr (R == 2) _tile_zero(1);
+  for (int st = 0; st < steps; ++st) {
+    const uint16_t *a = t.a + st * t.a_step, *b = t.b + st * t.b_step;
+    _tile_loadd(4, a, t.a_ld);
+    _tile_loadd(5, a + t.a_piece, t.a_ld);
+    _tile_loadd(6, b, 64);
+    if constexpr (kLow) _tile_loadd(7, b + t.b_piece, 64);
+    if constexpr (R == 2) {
+      _tile_loadd(2, a + t.a_block, t.a_ld);
+      _tile_loadd(3, a + t.a_block + t.a_piece, t.a_ld);
+    }
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (kLow) _tile_dpbf16ps(0, 4, 7);
+    _tile_dpbf16ps(0, 5, 6);
+    if constexpr (R == 2) {
+      _tile_dpbf16ps(1, 2, 6);
+      if constexpr (kLow) _tile_dpbf16ps(1, 2, 7);
+      _tile_dpbf16ps(1, 3, 6);
+    }
+  }
+  _tile_stored(0, c, ldc);
+  if constexpr (R == 2) _tile_stored(1, c + c_block, ldc);
+}
+
+// ---------------------------------------------------------------- softmax of the row blocks
+// Bit c: key position p0 + c is visible to token t (a cached position, or a new token its mask row names).
+inline __mmask16 visible_keys(const SplitArgs& a, int t, long p0) {
+  const long j0 = p0 - a.cache_len;
+  if (j0 + 16 <= 0) return 0xffff;
+  const uint64_t* words = a.token_mask + static_cast<long>(t) * a.mask_words;
+  unsigned bits = 0;
+  for (int c = 0; c < 16; ++c) {
+    const long j = j0 + c;
+    const bool seen = j < 0 || (j < a.T && ((words[j / 64] >> (j % 64)) & 1));
+    bits |= static_cast<unsigned>(seen) << c;
+  }
+  return static_cast<__mmask16>(bits);
+}
+
+// e^x for x <= 0: 2^n p(r), r = x - n ln2, degree-6 polynomial (relative error ~2e-7); exactly 0 below -87
+// and at -inf, so masked keys carry no mass.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+// S [rows][kSplit] of rows r0.. over positions first .. first + keys -> P pieces [2][32][kSplit] bf16 and,
+// per row, m = the max over the keys it sees and l = the sum of its P (in float32).
+void softmax_rows(const SplitArgs& a, const float* s, int keys, long first, int r0, int rows, uint16_t* p, float* m,
+                  float* l) {
+  const int vectors = keys / 16;
+  const long new_from = a.cache_len - first;  // S columns from here on may be masked
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (int i = 0; i < rows; ++i) {
+    const int r = r0 + i, t = r < a.rows ? r / a.group : a.T - 1;  // padding rows: any finite values
+    __m512 x[kSplit / 16];
+    __m512 best = minus_inf;
+    for (int c = 0; c < vectors; ++c) {
+      x[c] = _mm512_loadu_ps(s + i * kSplit + c * 16);
+      if (c * 16 + 16 > new_from) x[c] = _mm512_mask_blend_ps(visible_keys(a, t, first + c * 16), minus_inf, x[c]);
+      best = _mm512_max_ps(best, x[c]);
+    }
+    const float row_max = _mm512_reduce_max_ps(best);
+    const __m512 ref = _mm512_set1_ps(row_max == -__builtin_inff() ? 0.f : row_max);  // a row that sees nothing
+    __m512 sum = _mm512_setzero_ps();
+    for (int c = 0; c < vectors; c += 2) {
+      const __m512 p0 = exp_nonpositive(_mm512_sub_ps(x[c], ref)), p1 = exp_nonpositive(_mm512_sub_ps(x[c + 1], ref));
+      sum = _mm512_add_ps(_mm512_add_ps(sum, p0), p1);
+      __m512i hi, lo;
+      split_pieces(p0, p1, hi, lo);
+      _mm512_storeu_si512(p + i * kSplit + c * 16, hi);
+      _mm512_storeu_si512(p + 32 * kSplit + i * kSplit + c * 16, lo);
+    }
+    m[i] = row_max;
+    l[i] = _mm512_reduce_add_ps(sum);
+  }
+}
+
+// One head's staged tiles.
+struct Staged {
+  const uint16_t *k, *v;
+  long k_piece, v_piece;
+  int keys;
+};
+
+// R row blocks from rb on: S = Q K^T one key tile at a time, softmax, O = P V one dim tile at a time.
+template <bool kLow, int R>
+void attend_row_blocks(const SplitArgs& a, const Staged& st, const uint16_t* q, int rb, Scratch& scratch,
+                       float* partial) {
+  const int D = a.D, q_steps = step_dims(D) / 32, keys = st.keys;
+  const long q_block = static_cast<long>(q_steps) * 2 * kTileElements;
+  float* s = scratch.s;
+  uint16_t* p = scratch.p;
+  const long ldq = static_cast<long>(a.row_vectors) * 16;
+  alignas(64) float m[32], l[32];
+  for (int j = 0; j < keys / 16; ++j)
+    multiply_column<kLow, R>({q + rb * q_block, 2 * kTileElements, kTileElements, q_block, 64,
+                              st.k + static_cast<long>(j) * q_steps * kTileElements, kTileElements, st.k_piece},
+                             q_steps, s + j * 16, 16 * kSplit, kSplit * 4);
+  softmax_rows(a, s, keys, a.begin, rb * 16, 16 * R, p, m, l);
+  for (int j = 0; j < D / 16; ++j)
+    multiply_column<kLow, R>({p, 32, 32 * kSplit, 16 * kSplit, kSplit * 2, st.v + static_cast<long>(j) * kTileElements,
+                              (D / 16) * kTileElements, st.v_piece},
+                             keys / 32, partial + rb * 16L * D + j * 16, 16L * D, D * 4L);
+  for (int i = 0; i < 16 * R; ++i) partial[D * ldq + rb * 16 + i] = m[i], partial[(D + 1) * ldq + rb * 16 + i] = l[i];
+}
+
+template <CacheType type>
+void attend_split_typed(const SplitArgs& a) {
+  constexpr bool kLow = type != CacheType::kBFloat16;  // bf16 K and V are exact in one piece
+  constexpr int kElementBytes = type == CacheType::kFloat ? 4 : 2;
+  const int D = a.D, q_steps = step_dims(D) / 32;
+  const int n = static_cast<int>(a.end - a.begin), keys = (n + 31) / 32 * 32;
+  const long part = partial_floats(D, a.row_vectors);
+  Scratch& scratch = thread_scratch();
+  const Staged st{scratch.k, scratch.v, static_cast<long>(keys / 16) * q_steps * kTileElements,
+                  static_cast<long>(keys / 32) * (D / 16) * kTileElements, keys};
+  configure_tiles();
+  for (int h = 0; h < a.heads; ++h) {
+    stage_keys<type, kLow>(a, static_cast<const char*>(a.k) + h * a.k_head_stride * kElementBytes, a.begin, n, keys,
+                           scratch.k);
+    stage_values<type, kLow>(a, static_cast<const char*>(a.v) + h * a.v_head_stride * kElementBytes, a.begin, n, keys,
+                             scratch.v);
+    const uint16_t* q = a.q_tiles + static_cast<long>(h) * a.row_vectors * q_steps * 2 * kTileElements;
+    float* partial = a.partial + h * part;
+    int rb = 0;
+    for (; rb + 2 <= a.row_vectors; rb += 2) attend_row_blocks<kLow, 2>(a, st, q, rb, scratch, partial);
+    if (rb < a.row_vectors) attend_row_blocks<kLow, 1>(a, st, q, rb, scratch, partial);
+  }
+  _tile_release();
+}
+
+}  // namespace
+
+void attend_split_tiles(const SplitArgs& a) {
+  switch (a.type) {
+    case CacheType::kFloat: attend_split_typed<CacheType::kFloat>(a); break;
+    case CacheType::kBFloat16: attend_split_typed<CacheType::kBFloat16>(a); break;
+    case CacheType::kHalf: attend_split_typed<CacheType::kHalf>(a); break;
+  }
+}
+
+void fold_partial_rows(float* acc, const float* part, int D, int row_vectors) {
+  const long ld = row_vectors * 16L;
+  float *m_acc = acc + D * ld, *l_acc = m_acc + ld;
+  const float *m_part = part + D * ld, *l_part = m_part + ld;
+  for (long v = 0; v < ld; v += 16) {
+    const __m512 ma = _mm512_loadu_ps(m_acc + v), mp = _mm512_loadu_ps(m_part + v), mn = _mm512_max_ps(ma, mp);
+    const __m512 ref = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mn, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ),
+                                            mn, _mm512_setzero_ps());  // rows that saw nothing yet stay 0
+    const __m512 wa = exp_nonpositive(_mm512_sub_ps(ma, ref)), wp = exp_nonpositive(_mm512_sub_ps(mp, ref));
+    _mm512_storeu_ps(m_acc + v, mn);
+    _mm512_storeu_ps(l_acc + v, _mm512_fmadd_ps(_mm512_loadu_ps(l_part + v), wp, _mm512_mul_ps(_mm512_loadu_ps(l_acc + v), wa)));
+    alignas(64) float w_acc[16], w_part[16];
+    _mm512_store_ps(w_acc, wa);
+    _mm512_store_ps(w_part, wp);
+    for (int r = 0; r < 16; ++r) {
+      float* o = acc + (v + r) * D;
+      const float* x = part + (v + r) * D;
+      const __m512 a_weight = _mm512_set1_ps(w_acc[r]), p_weight = _mm512_set1_ps(w_part[r]);
+      for (int d = 0; d < D; d += 16)
+        _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_loadu_ps(x + d), p_weight,
+                                                _mm512_mul_ps(_mm512_loadu_ps(o + d), a_weight)));
+    }
+  }
+}
+
+void pack_query_tiles(const float* qt, long heads, int D, int row_vectors, uint16_t* out) {
+  const int steps = step_dims(D) / 32;
+  const long ldq = static_cast<long>(row_vectors) * 16;
+  alignas(64) float rows[16][32];
+  for (long h = 0; h < heads; ++h)
+    for (int rb = 0; rb < row_vectors; ++rb)
+      for (int st = 0; st < steps; ++st) {
+        for (int c = 0; c < 32; ++c) {
+          const int d = st * 32 + c;
+          for (int i = 0; i < 16; ++i) rows[i][c] = d < D ? qt[(h * D + d) * ldq + rb * 16 + i] : 0.f;
+        }
+        uint16_t* tile = out + ((h * row_vectors + rb) * steps + st) * 2L * kTileElements;
+        for (int i = 0; i < 16; ++i) {
+          __m512i hi, lo;
+          split_pieces(_mm512_loadu_ps(rows[i]), _mm512_loadu_ps(rows[i] + 16), hi, lo);
+          _mm512_storeu_si512(tile + i * 32, hi);
+          _mm512_storeu_si512(tile + kTileElements + i * 32, lo);
+        }
+      }
+}
+
+}  // namespace specdec::cpu::amx
+#pragma GCC pop_options
