@@ -39,17 +39,15 @@ inline int step_dims(int D) { return (D + 31) / 32 * 32; }  // D padded to whole
 // Per-thread buffers, kept between calls (huge_buffer.h: placement matters to the tile loads); sized for
 // D = 256. Compiled outside the target region, like every non-kernel function here.
 struct Scratch {
-  uint16_t *k, *v, *p;  // K and V tiles of one head, P pieces of two row blocks
-  float* s;             // S of two row blocks
+  uint16_t *k, *v;  // K and V tiles of one head
+  float* s;         // S of two row blocks, then P in its place; three such (attend_head)
   HugeBuffer buffer;
   Scratch() {
     constexpr size_t stage = 2 * kSplit * 256 * sizeof(uint16_t);  // two pieces of 256 keys x 256 dims
-    constexpr size_t s_bytes = 32 * kSplit * sizeof(float), p_bytes = 2 * 32 * kSplit * sizeof(uint16_t);
-    char* region = static_cast<char*>(buffer.reserve(2 * stage + s_bytes + p_bytes));
+    char* region = static_cast<char*>(buffer.reserve(2 * stage + 3 * 32 * kSplit * sizeof(float)));
     k = reinterpret_cast<uint16_t*>(region);
     v = reinterpret_cast<uint16_t*>(region + stage);
     s = reinterpret_cast<float*>(region + 2 * stage);
-    p = reinterpret_cast<uint16_t*>(region + 2 * stage + s_bytes);
   }
 };
 
@@ -199,8 +197,9 @@ struct Operands {
   long b_step, b_piece;
 };
 
-template <bool kLow, int R>
-void multiply_column(const Operands& t, int steps, float* c, long c_block, long ldc) {
+// hook() runs after each step's multiplies are issued: vector work placed there overlaps them.
+template <bool kLow, int R, class Hook>
+void multiply_column(const Operands& t, int steps, float* c, long c_block, long ldc, Hook&& hook) {
   _tile_zero(0);
   if constexpr (R == 2) _tile_zero(1);
   for (int st = 0; st < steps; ++st) {
@@ -221,6 +220,7 @@ void multiply_column(const Operands& t, int steps, float* c, long c_block, long 
       if constexpr (kLow) _tile_dpbf16ps(1, 2, 7);
       _tile_dpbf16ps(1, 3, 6);
     }
+    hook();
   }
   _tile_stored(0, c, ldc);
   if constexpr (R == 2) _tile_stored(1, c + c_block, ldc);
@@ -241,50 +241,97 @@ inline __mmask16 visible_keys(const SplitArgs& a, int t, long p0) {
   return static_cast<__mmask16>(bits);
 }
 
-// e^x for x <= 0: 2^n p(r), r = x - n ln2, degree-6 polynomial (relative error ~2e-7); exactly 0 below -87
-// and at -inf, so masked keys carry no mass.
+// e^x for x <= 0: 2^n p(r), r = x - n ln2, |r| <= ln2 / 2, degree-5 Taylor polynomial (relative error
+// < 2.5e-6, below the 2^-17 of the two bf16 pieces P is stored in); exactly 0 below -87 and at -inf, so
+// masked keys carry no mass.
 inline __m512 exp_nonpositive(__m512 x) {
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  __m512 p = _mm512_set1_ps(1.f / 120);
+  for (const float c : {1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   return _mm512_maskz_scalef_ps(live, p, n);
 }
 
-// S [rows][kSplit] of rows r0.. over positions first .. first + keys -> P pieces [2][32][kSplit] bf16 and,
-// per row, m = the max over the keys it sees and l = the sum of its P (in float32).
-void softmax_rows(const SplitArgs& a, const float* s, int keys, long first, int r0, int rows, uint16_t* p, float* m,
-                  float* l) {
-  const int vectors = keys / 16;
-  const long new_from = a.cache_len - first;  // S columns from here on may be masked
-  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
-  for (int i = 0; i < rows; ++i) {
-    const int r = r0 + i, t = r < a.rows ? r / a.group : a.T - 1;  // padding rows: any finite values
-    __m512 x[kSplit / 16];
+// Probabilities (in [0, 1], x0 = keys 0..15, x1 = 16..31) -> 32 bf16 hi and lo pieces: hi truncated (one
+// AND instead of a rounding and its undoing), lo = x - hi rounded; |x - hi - lo| <= 2^-16 x.
+inline void split_probabilities(__m512 x0, __m512 x1, __m512i& hi, __m512i& lo) {
+  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512i h0 = _mm512_and_si512(_mm512_castps_si512(x0), top), h1 = _mm512_and_si512(_mm512_castps_si512(x1), top);
+  alignas(64) static constexpr uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                           23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                           45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  hi = _mm512_permutex2var_epi16(h0, _mm512_load_si512(kHighHalves), h1);
+  const __m512bh l = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, _mm512_castsi512_ps(h1)),
+                                         _mm512_sub_ps(x0, _mm512_castsi512_ps(h0)));
+  lo = reinterpret_cast<const __m512i&>(l);
+}
+
+// The softmax of a pair of row blocks: S [rows][kSplit] of rows r0.. over positions first .. first + keys
+// -> P in its place, and per row m = the max over the keys it sees and l = the sum of its P (float32).
+// Done a few units at a time (advance) between the tile steps of other row blocks, so that this AVX-512
+// work runs while the tile unit multiplies (tiles alone + softmax alone 6.3K cycles, interleaved 4.4K).
+// A unit is one row's max pass, or one pair of key vectors: exp, sum, and bf16 pieces written over the
+// 32 keys just read (row layout [hi 32 | lo 32] per 32 keys, the A tiles of O = P V).
+class SoftmaxRows {
+ public:
+  SoftmaxRows(const SplitArgs& a, float* s, int keys, int r0, int rows, float* m, float* l)
+      : a_(a), s_(s), m_(m), l_(l), keys_(keys), r0_(r0), rows_(rows) {}
+  int units() const { return rows_ * (1 + keys_ / 32); }
+  void finish() { advance(units()); }
+
+  void advance(int units) {
+    for (; units > 0 && row_ < rows_; --units) {
+      float* x = s_ + row_ * kSplit;
+      if (pair_ < 0) {
+        max_pass(x);
+        continue;
+      }
+      const __m512 p0 = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(x + 32 * pair_), ref_));
+      const __m512 p1 = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(x + 32 * pair_ + 16), ref_));
+      sum0_ = _mm512_add_ps(sum0_, p0);  // two chains of adds
+      sum1_ = _mm512_add_ps(sum1_, p1);
+      __m512i hi, lo;
+      split_probabilities(p0, p1, hi, lo);
+      uint16_t* p = reinterpret_cast<uint16_t*>(x) + 64 * pair_;
+      _mm512_storeu_si512(p, hi);
+      _mm512_storeu_si512(p + 32, lo);
+      if (++pair_ == keys_ / 32) {
+        l_[row_] = _mm512_reduce_add_ps(_mm512_add_ps(sum0_, sum1_));
+        ++row_, pair_ = -1;
+      }
+    }
+  }
+
+ private:
+  // Masks the row's new-token columns in place (-inf where unseen) and takes its max.
+  void max_pass(float* x) {
+    const int r = r0_ + row_, t = r < a_.rows ? r / a_.group : a_.T - 1;  // padding rows: any finite values
+    const long new_from = a_.cache_len - a_.begin;                        // columns from here on may be masked
+    const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
     __m512 best = minus_inf;
-    for (int c = 0; c < vectors; ++c) {
-      x[c] = _mm512_loadu_ps(s + i * kSplit + c * 16);
-      if (c * 16 + 16 > new_from) x[c] = _mm512_mask_blend_ps(visible_keys(a, t, first + c * 16), minus_inf, x[c]);
-      best = _mm512_max_ps(best, x[c]);
+    for (int c = 0; c < keys_ / 16; ++c) {
+      __m512 v = _mm512_loadu_ps(x + c * 16);
+      if (c * 16 + 16 > new_from) {
+        v = _mm512_mask_blend_ps(visible_keys(a_, t, a_.begin + c * 16), minus_inf, v);
+        _mm512_storeu_ps(x + c * 16, v);
+      }
+      best = _mm512_max_ps(best, v);
     }
     const float row_max = _mm512_reduce_max_ps(best);
-    const __m512 ref = _mm512_set1_ps(row_max == -__builtin_inff() ? 0.f : row_max);  // a row that sees nothing
-    __m512 sum = _mm512_setzero_ps();
-    for (int c = 0; c < vectors; c += 2) {
-      const __m512 p0 = exp_nonpositive(_mm512_sub_ps(x[c], ref)), p1 = exp_nonpositive(_mm512_sub_ps(x[c + 1], ref));
-      sum = _mm512_add_ps(_mm512_add_ps(sum, p0), p1);
-      __m512i hi, lo;
-      split_pieces(p0, p1, hi, lo);
-      _mm512_storeu_si512(p + i * kSplit + c * 16, hi);
-      _mm512_storeu_si512(p + 32 * kSplit + i * kSplit + c * 16, lo);
-    }
-    m[i] = row_max;
-    l[i] = _mm512_reduce_add_ps(sum);
+    m_[row_] = row_max;
+    ref_ = _mm512_set1_ps(row_max == -__builtin_inff() ? 0.f : row_max);  // a row that sees nothing: P = 0
+    sum0_ = sum1_ = _mm512_setzero_ps();
+    pair_ = 0;
   }
-}
+
+  const SplitArgs& a_;
+  float *s_, *m_, *l_;
+  int keys_, r0_, rows_, row_ = 0, pair_ = -1;  // pair_ -1: the row's max pass is next
+  __m512 ref_, sum0_, sum1_;
+};
 
 // One head's staged tiles.
 struct Staged {
@@ -293,26 +340,50 @@ struct Staged {
   int keys;
 };
 
-// R row blocks from rb on: S = Q K^T one key tile at a time, softmax, O = P V one dim tile at a time.
-template <bool kLow, int R>
-void attend_row_blocks(const SplitArgs& a, const Staged& st, const uint16_t* q, int rb, Scratch& scratch,
-                       float* partial) {
-  const int D = a.D, q_steps = step_dims(D) / 32, keys = st.keys;
-  const long q_block = static_cast<long>(q_steps) * 2 * kTileElements;
-  float* s = scratch.s;
-  uint16_t* p = scratch.p;
-  const long ldq = static_cast<long>(a.row_vectors) * 16;
-  alignas(64) float m[32], l[32];
-  for (int j = 0; j < keys / 16; ++j)
-    multiply_column<kLow, R>({q + rb * q_block, 2 * kTileElements, kTileElements, q_block, 64,
-                              st.k + static_cast<long>(j) * q_steps * kTileElements, kTileElements, st.k_piece},
-                             q_steps, s + j * 16, 16 * kSplit, kSplit * 4);
-  softmax_rows(a, s, keys, a.begin, rb * 16, 16 * R, p, m, l);
-  for (int j = 0; j < D / 16; ++j)
-    multiply_column<kLow, R>({p, 32, 32 * kSplit, 16 * kSplit, kSplit * 2, st.v + static_cast<long>(j) * kTileElements,
-                              (D / 16) * kTileElements, st.v_piece},
-                             keys / 32, partial + rb * 16L * D + j * 16, 16L * D, D * 4L);
-  for (int i = 0; i < 16 * R; ++i) partial[D * ldq + rb * 16 + i] = m[i], partial[(D + 1) * ldq + rb * 16 + i] = l[i];
+// All query rows of one head, in pairs of row blocks (R = 2, the last pair may have one), software-
+// pipelined: while the tile unit computes S of pair i + 1 and O of pair i - 1, the vectors take the
+// softmax of pair i. S buffers rotate by three. Each row's arithmetic is the same whatever the schedule.
+template <bool kLow>
+void attend_head(const SplitArgs& a, const Staged& st, const uint16_t* q, Scratch& scratch, float* partial) {
+  const int D = a.D, q_steps = step_dims(D) / 32, keys = st.keys, pairs = (a.row_vectors + 1) / 2;
+  const long q_block = static_cast<long>(q_steps) * 2 * kTileElements, ldq = a.row_vectors * 16L;
+  float *m = partial + D * ldq, *l = m + ldq;
+  auto s_of = [&](int pair) { return scratch.s + (pair % 3) * 32L * kSplit; };
+  auto blocks = [&](int pair) { return a.row_vectors - 2 * pair < 2 ? 1 : 2; };
+  auto scores = [&](int pair, auto&& hook) {  // S = Q K^T, one key tile at a time
+    for (int j = 0; j < keys / 16; ++j) {
+      const Operands ops{q + 2 * pair * q_block, 2 * kTileElements, kTileElements, q_block, 64,
+                         st.k + static_cast<long>(j) * q_steps * kTileElements, kTileElements, st.k_piece};
+      if (blocks(pair) == 2)
+        multiply_column<kLow, 2>(ops, q_steps, s_of(pair) + j * 16, 16 * kSplit, kSplit * 4, hook);
+      else
+        multiply_column<kLow, 1>(ops, q_steps, s_of(pair) + j * 16, 16 * kSplit, kSplit * 4, hook);
+    }
+  };
+  auto values = [&](int pair, auto&& hook) {  // O = P V into the partial, one dim tile at a time
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(s_of(pair));
+    for (int j = 0; j < D / 16; ++j) {
+      const Operands ops{p, 64, 32, 32 * kSplit, kSplit * 4, st.v + static_cast<long>(j) * kTileElements,
+                         (D / 16) * kTileElements, st.v_piece};
+      float* o = partial + 32L * pair * D + j * 16;
+      if (blocks(pair) == 2)
+        multiply_column<kLow, 2>(ops, keys / 32, o, 16L * D, D * 4L, hook);
+      else
+        multiply_column<kLow, 1>(ops, keys / 32, o, 16L * D, D * 4L, hook);
+    }
+  };
+  auto no_hook = [] {};
+  scores(0, no_hook);
+  for (int pair = 0; pair < pairs; ++pair) {
+    SoftmaxRows softmax(a, s_of(pair), keys, 32 * pair, 16 * blocks(pair), m + 32 * pair, l + 32 * pair);
+    const int steps = (pair + 1 < pairs ? keys / 16 * q_steps : 0) + (pair > 0 ? D / 16 * (keys / 32) : 0);
+    const int per_step = steps > 0 ? (softmax.units() + steps - 1) / steps : 0;
+    auto hook = [&] { softmax.advance(per_step); };
+    if (pair + 1 < pairs) scores(pair + 1, hook);
+    if (pair > 0) values(pair - 1, hook);
+    softmax.finish();
+  }
+  values(pairs - 1, no_hook);
 }
 
 template <CacheType type>
@@ -333,9 +404,7 @@ void attend_split_typed(const SplitArgs& a) {
                              scratch.v);
     const uint16_t* q = a.q_tiles + static_cast<long>(h) * a.row_vectors * q_steps * 2 * kTileElements;
     float* partial = a.partial + h * part;
-    int rb = 0;
-    for (; rb + 2 <= a.row_vectors; rb += 2) attend_row_blocks<kLow, 2>(a, st, q, rb, scratch, partial);
-    if (rb < a.row_vectors) attend_row_blocks<kLow, 1>(a, st, q, rb, scratch, partial);
+    attend_head<kLow>(a, st, q, scratch, partial);
   }
   _tile_release();
 }
