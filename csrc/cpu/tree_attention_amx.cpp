@@ -121,13 +121,25 @@ inline void transpose16(__m512i r[16]) {
 }
 
 // ---------------------------------------------------------------- staging K and V of one head
+// Rows [from, from + count) (below end) of one head, D elements each: a head's rows are strided (the heads of
+// a position lie together), and the hardware prefetcher does not follow them (llama3-8b shapes at T = 1,
+// cache 8192: 8.1 ms without, measured).
+template <int kBytes>
+inline void prefetch_rows(const void* src, long stride, long from, long end, int count, int D) {
+  for (long p = from; p < from + count && p < end; ++p)
+    for (int byte = 0; byte < D * kBytes; byte += 64)
+      _mm_prefetch(static_cast<const char*>(src) + p * stride * kBytes + byte, _MM_HINT_T0);
+}
+
 // Positions [first, first + n) -> K tiles; keys n .. keys (a multiple of 64) and dims D .. Dp are zero.
 template <CacheType type, bool kLow>
 void stage_keys(const SplitArgs& a, const void* k, long first, int n, int keys, uint16_t* out) {
   const int D = a.D, steps = step_dims(D) / 32, key_tiles = keys / 16;
   const long piece = static_cast<long>(key_tiles) * steps * kTileElements;
+  constexpr int kBytes = type == CacheType::kFloat ? 4 : 2;
   for (int kt = 0; kt < key_tiles; ++kt)
     for (int st = 0; st < steps; ++st) {
+      if (st == 0) prefetch_rows<kBytes>(k, a.k_stride, first + kt * 16 + 16, first + n, 16, D);
       __m512i hi[16], lo[16];
       for (int i = 0; i < 16; ++i) {
         const int p = kt * 16 + i, d = st * 32;
@@ -153,8 +165,10 @@ void stage_values(const SplitArgs& a, const void* v, long first, int n, int keys
   alignas(64) uint16_t order[32];
   for (int i = 0; i < 16; ++i) order[2 * i] = static_cast<uint16_t>(i), order[2 * i + 1] = static_cast<uint16_t>(16 + i);
   const __m512i interleave = _mm512_load_si512(order);
+  constexpr int kBytes = type == CacheType::kFloat ? 4 : 2;
   for (int ks = 0; ks < key_steps; ++ks)
     for (int dt = 0; dt < dim_tiles; ++dt) {
+      if (dt == 0) prefetch_rows<kBytes>(v, a.v_stride, first + ks * 32 + 32, first + n, 32, D);
       uint16_t* tile = out + (static_cast<long>(ks) * dim_tiles + dt) * kTileElements;
       const int d = dt * 16;
       for (int kp = 0; kp < 16; ++kp) {

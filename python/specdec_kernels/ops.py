@@ -123,7 +123,10 @@ def _kv_compact_fake(k_cache, v_cache, cache_lens, accept_idx, accept_len):
 # ---------------------------------------------------------------- tree attention
 def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
     """q [B, T, Hq, D] over caches [B, S_max, Hkv, D] holding the new K/V at [cache_lens, cache_lens + T);
-    tree_mask int64 [B, T, ceil(T/64)] (tree.pack_tree_mask) or None for causal -> [B, T, Hq, D]."""
+    tree_mask int64 [B, T, ceil(T/64)] (tree.pack_tree_mask) or None for causal -> [B, T, Hq, D].
+
+    On CPUs with AMX (path `amx`) the products run on bf16 tiles, float32 operands split in two bf16 pieces:
+    ~2^-15 of each product is dropped (SPECDEC_CPU_ISA=avx512 gives the float32 FMA path)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _tree_attention(q, k_cache, v_cache, cache_lens, tree_mask, scale)
 

@@ -1,8 +1,8 @@
 // Run-time choice of the CPU instruction set. SPECDEC_CPU_ISA=amx|avx512vnni|avx512|avx2|generic forces
 // one (tests run every path on one machine); asking for one the CPU lacks is an error, not a crash.
-// `amx` (AVX-512 + VNNI/VBMI + AMX-INT8 tiles) and `avx512vnni` (the same without tiles: Ice Lake, Zen 4)
-// only change kernels that have an integer dot-product path (W4A16, through chosen_matrix_isa()); every
-// other kernel runs its AVX-512 code there.
+// `amx` (AVX-512 + VNNI/VBMI + AMX-INT8/BF16 tiles) and `avx512vnni` (the same without tiles: Ice Lake,
+// Zen 4) only change kernels that have a tile or integer dot-product path (W4A16; tree attention on `amx`),
+// through chosen_matrix_isa(); every other kernel runs its AVX-512 code there.
 #pragma once
 #include <c10/util/Exception.h>
 

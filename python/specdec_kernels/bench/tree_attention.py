@@ -1,9 +1,9 @@
 """Tree attention: ours vs torch scaled_dot_product_attention with a dense mask over the whole cache.
 
 Both run side by side (interleaved) on the same random tree; SDPA gets its preferred layout [B, H, S, D] and
-enable_gqa. Roofline time = max(KV bytes / copy bandwidth, FLOPs / compute ceiling), both measured here; the
-ceiling for these float32 products is the faster of float32 matmul and bf16 matmul / 3 (float32-accurate
-products from bf16 tiles take three passes, as the AMX path does).
+enable_gqa. Roofline time = max(KV bytes / copy bandwidth, FLOPs / float32 matmul peak), all measured here (the
+issue's definition for these float32 inputs). `tile roofline` holds ours to a stricter ceiling where the CPU has
+bf16 tiles: bf16 matmul peak / 3, since float32-accurate products from bf16 take three passes (as ours do).
 """
 import torch
 
@@ -28,7 +28,7 @@ def random_tree_mask(t: int, seed: int) -> torch.Tensor:
     return tree.pack_tree_mask(torch.tensor([parents]))
 
 
-def bench_point(model, t, cache_len, repeats, bandwidth, peak):
+def bench_point(model, t, cache_len, repeats, bandwidth, peak, tile_peak):
     hq, hkv, d = HEADS[model]
     s = cache_len + t
     q = torch.randn(1, t, hq, d)
@@ -46,10 +46,12 @@ def bench_point(model, t, cache_len, repeats, bandwidth, peak):
     kv_bytes = 2 * s * hkv * d * 4
     flops = 4 * t * hq * s * d
     roofline_s = max(kv_bytes / bandwidth, flops / peak)
+    tile_roofline_s = max(kv_bytes / bandwidth, flops / max(peak, tile_peak / 3))
     ours = times["ours"]
     return {"model": model, "T": t, "cache": cache_len, "ours_ms": ours * 1e3, "sdpa_ms": times["sdpa"] * 1e3,
             "vs_sdpa": times["sdpa"] / ours, "kv_GBps": kv_bytes / ours / 1e9, "bandwidth_fraction": kv_bytes / ours / bandwidth,
-            "GFLOPs": flops / ours / 1e9, "roofline": roofline_s / ours, "sdpa_roofline": roofline_s / times["sdpa"]}
+            "GFLOPs": flops / ours / 1e9, "roofline": roofline_s / ours, "tile_roofline": tile_roofline_s / ours,
+            "sdpa_roofline": roofline_s / times["sdpa"]}
 
 
 def done_when(rows):
@@ -60,28 +62,27 @@ def done_when(rows):
             lines.append(f"{row['model']} T=64 cache 2048: {row['vs_sdpa']:.2f}x SDPA (target >= 2x)")
         if row["T"] in (1, 64) and row["cache"] >= 2048:
             lines.append(f"{row['model']} T={row['T']} cache {row['cache']}: {row['roofline']:.0%} of roofline "
-                         f"(target >= 50%)")
+                         f"(target >= 50%; {row['tile_roofline']:.0%} of the tile roofline)")
     return lines
 
 
 def run(args):
-    bandwidth, fp32_peak, bf16_peak = copy_bandwidth(), matmul_peak(), matmul_peak(dtype=torch.bfloat16)
-    peak = max(fp32_peak, bf16_peak / 3)
+    bandwidth, peak, bf16_peak = copy_bandwidth(), matmul_peak(), matmul_peak(dtype=torch.bfloat16)
     info = machine_info(torch.device("cpu"))
     print(f"# tree attention, {info['cpu_isa']}, {info['threads']} threads; copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"matmul fp32 {fp32_peak / 1e9:.0f} / bf16 {bf16_peak / 1e9:.0f} GFLOP/s (ceiling {peak / 1e9:.0f}); "
-          f"median of {args.repeats} interleaved runs")
+          f"matmul fp32 {peak / 1e9:.0f} / bf16 {bf16_peak / 1e9:.0f} GFLOP/s; median of {args.repeats} interleaved runs")
     points = ([(m, t, 2048) for m in HEADS for t in (1, 64)] if args.quick else
               [(m, t, c) for m in HEADS for c in CACHES for t in TOKENS])
-    rows = [bench_point(m, t, c, args.repeats, bandwidth, peak) for m, t, c in points]
+    rows = [bench_point(m, t, c, args.repeats, bandwidth, peak, bf16_peak) for m, t, c in points]
     print_table(rows, [("model", "heads", "{}"), ("T", "T", "{}"), ("cache", "cache", "{}"),
                        ("ours_ms", "ours ms", "{:.3f}"), ("sdpa_ms", "sdpa ms", "{:.3f}"), ("vs_sdpa", "x sdpa", "{:.2f}"),
                        ("kv_GBps", "KV GB/s", "{:.1f}"), ("bandwidth_fraction", "of bw", "{:.0%}"),
                        ("GFLOPs", "GFLOP/s", "{:.0f}"), ("roofline", "roofline", "{:.0%}"),
+                       ("tile_roofline", "tile roofline", "{:.0%}"),
                        ("sdpa_roofline", "sdpa roofline", "{:.0%}")])
     print("\n".join(done_when(rows)))
     if args.json:
         write_json(args.json, {"machine": info, "copy_bandwidth_GBps": bandwidth / 1e9,
-                               "matmul_fp32_GFLOPs": fp32_peak / 1e9, "matmul_bf16_GFLOPs": bf16_peak / 1e9,
-                               "compute_ceiling_GFLOPs": peak / 1e9, "points": rows})
+                               "matmul_fp32_GFLOPs": peak / 1e9, "matmul_bf16_GFLOPs": bf16_peak / 1e9,
+                               "points": rows})
     return 0
