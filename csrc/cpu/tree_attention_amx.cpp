@@ -8,22 +8,24 @@
 // are exact in one piece (two passes: the pre-scaled queries and the probabilities keep two pieces).
 //
 // Batch invariance. A tile row (one query row) depends only on its own A row; the passes, steps and their
-// order are fixed by the split (absolute positions, padded to 64) whatever T is, and keys a row does not see
-// have P = 0, adding exact zeros. So verifying T chain tokens at once gives the bits of decoding them one at
-// a time, as on the vector path (tests/test_tree_attention.py checks it bitwise).
+// order are fixed by the split (absolute positions, keys padded to 32) whatever T is, and keys a row does not
+// see have P = 0, adding exact zeros. So verifying T chain tokens at once gives the bits of decoding them one
+// at a time, as on the vector path (tests/test_tree_attention.py checks it bitwise). A tree node's keys sit
+// at other slots than in its chain, and tile sums group them differently: equal up to float32 rounding.
 //
 // Per task, per head (tiles are 16 rows x 64 bytes, 1 KiB):
 //   Q tiles [row block][step][piece] [16 rows][32 dims]          (pack_query_tiles, once per call)
 //   K tiles [piece][key tile][step] [16 dim pairs][16 keys x 2]  (K^T in VNNI pairs of dims)
 //   V tiles [piece][key step][dim tile] [16 key pairs][16 dims x 2]
-//   S [16 rows][256] float32 -> P pieces [piece][16 rows][256] bf16 -> O [16 rows][Dp] float32
-// Dims pad to Dp (a multiple of 64) and keys to a multiple of 64 with zeros. Tile registers: tmm0-3 = C
-// (64 keys of S, or 64 dims of O), tmm4/5 = A hi/lo, tmm6/7 = B hi/lo.
+//   S [32 rows][256] float32 of a pair of row blocks -> P in its place -> O by rows into the partial.
+// Dims pad to whole 32-dim steps and keys to a multiple of 32 with zeros. Tile registers: multiply_column.
+// Where the time goes and what was tried: benchmarks/NOTES.md.
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
 
+#include "specdec/amx_tile_config.h"
 #include "specdec/huge_buffer.h"
 
 #include "tree_attention_isa.h"
@@ -184,12 +186,7 @@ void stage_values(const SplitArgs& a, const void* v, long first, int n, int keys
 }
 
 // ---------------------------------------------------------------- the tile multiply
-struct alignas(64) TileConfig {  // ldtilecfg's operand, palette 1
-  uint8_t palette, start_row, reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
-
+// Every tile register: 16 rows of 64 bytes.
 void configure_tiles() {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));
@@ -286,7 +283,7 @@ inline void split_probabilities(__m512 x0, __m512 x1, __m512i& hi, __m512i& lo) 
 // The softmax of a pair of row blocks: S [rows][kSplit] of rows r0.. over positions first .. first + keys
 // -> P in its place, and per row m = the max over the keys it sees and l = the sum of its P (float32).
 // Done a few units at a time (advance) between the tile steps of other row blocks, so that this AVX-512
-// work runs while the tile unit multiplies (tiles alone + softmax alone 6.3K cycles, interleaved 4.4K).
+// work can run while the tile unit multiplies (a partial overlap: NOTES).
 // A unit is one row's max pass, or one pair of key vectors: exp, sum, and bf16 pieces written over the
 // 32 keys just read (row layout [hi 32 | lo 32] per 32 keys, the A tiles of O = P V).
 class SoftmaxRows {

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <vector>
 
+#include "specdec/amx_tile_config.h"
 #include "w4a16_isa.h"
 
 namespace specdec::cpu::amx {
@@ -209,12 +210,6 @@ void vector_tiles(const AmxArgs& a, const Dequantizer& dq, long begin, long end,
 }
 
 // ---------------------------------------------------------------- the tile kernel (TDPBSUD)
-struct alignas(64) TileConfig {  // ldtilecfg's operand, palette 1
-  uint8_t palette, start_row, reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
-
 void configure_tiles(int rows, int step) {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));

@@ -1,0 +1,14 @@
+// The operand of LDTILECFG (palette 1): per tile register its rows and bytes per row. Shared by the AMX
+// kernels (w4a16_amx.cpp, tree_attention_amx.cpp), each of which loads its own shapes.
+#pragma once
+#include <cstdint>
+
+namespace specdec::cpu {
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+}  // namespace specdec::cpu
