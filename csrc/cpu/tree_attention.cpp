@@ -212,10 +212,10 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
     wave_start.push_back(w1);
   }
 
-  // workspace: qt [B, Hkv, D, ldq] | acc [B * Hkv][part] | partials of a wave | scratch per thread
-  //   | query tiles (the AMX path; bf16, two per float)
+  // workspace: qt [B, Hkv, D, ldq] (the vector path) | acc [B * Hkv][part] | partials of a wave | scratch per
+  //   thread (the vector path) | query tiles (the AMX path; bf16, two per float)
   const Kernels kernel = kernels();
-  const int64_t qt_floats = s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
+  const int64_t qt_floats = kernel.tiles ? 0 : s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
   const int64_t scratch_floats =
       kernel.tiles ? 0 : split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
   const int64_t tile_floats =
@@ -225,13 +225,15 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       workspace(qt_floats + acc_floats + wave_floats + at::get_num_threads() * scratch_floats + tile_floats);
   float *acc = qt + qt_floats, *partials = acc + acc_floats, *scratch = partials + wave_floats;
   auto* q_tiles = reinterpret_cast<uint16_t*>(scratch + at::get_num_threads() * scratch_floats);
-  pack_queries(q, scale, s, qt);
   std::vector<uint16_t> visible;
   std::vector<uint64_t> token_mask;
   if (kernel.tiles) {
-    amx::pack_query_tiles(qt, s.B * s.Hkv, static_cast<int>(s.D), static_cast<int>(s.row_vectors), q_tiles);
+    const at::Tensor qf = q.to(at::kFloat).contiguous();
+    amx::pack_query_tiles(qf.data_ptr<float>(), s.B, s.T, s.Hkv, static_cast<int>(s.group), static_cast<int>(s.D),
+                          static_cast<int>(s.row_vectors), static_cast<float>(scale), q_tiles);
     token_mask = token_visibility(tree_mask, s);
   } else {
+    pack_queries(q, scale, s, qt);
     visible = new_token_visibility(tree_mask, s);
   }
   at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, q.options().dtype(at::kFloat));
@@ -290,7 +292,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.D = static_cast<int>(s.D);
       a.row_vectors = static_cast<int>(s.row_vectors);
       a.rows = static_cast<int>(s.rows);
-      a.qt = qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
+      a.qt = kernel.tiles ? nullptr : qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
       a.new_visible = kernel.tiles ? nullptr : visible.data() + g.b * s.T * s.row_vectors;
       a.q_tiles = kernel.tiles ? q_tiles + amx::query_tile_elements(g.b * s.Hkv + g.h0, a.D, a.row_vectors) : nullptr;
       const int64_t words = (s.T + 63) / 64;

@@ -455,25 +455,28 @@ void fold_partial_rows(float* acc, const float* part, int D, int row_vectors) {
   }
 }
 
-void pack_query_tiles(const float* qt, long heads, int D, int row_vectors, uint16_t* out) {
-  const int steps = step_dims(D) / 32;
-  const long ldq = static_cast<long>(row_vectors) * 16;
-  alignas(64) float rows[16][32];
-  for (long h = 0; h < heads; ++h)
-    for (int rb = 0; rb < row_vectors; ++rb)
-      for (int st = 0; st < steps; ++st) {
-        for (int c = 0; c < 32; ++c) {
-          const int d = st * 32 + c;
-          for (int i = 0; i < 16; ++i) rows[i][c] = d < D ? qt[(h * D + d) * ldq + rb * 16 + i] : 0.f;
-        }
-        uint16_t* tile = out + ((h * row_vectors + rb) * steps + st) * 2L * kTileElements;
+void pack_query_tiles(const float* q, long B, long T, long Hkv, int group, int D, int row_vectors, float scale,
+                      uint16_t* out) {
+  const int steps = step_dims(D) / 32, rows = static_cast<int>(T) * group;
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (long b = 0; b < B; ++b)
+    for (long h = 0; h < Hkv; ++h)
+      for (int rb = 0; rb < row_vectors; ++rb)
         for (int i = 0; i < 16; ++i) {
-          __m512i hi, lo;
-          split_pieces(_mm512_loadu_ps(rows[i]), _mm512_loadu_ps(rows[i] + 16), hi, lo);
-          _mm512_storeu_si512(tile + i * 32, hi);
-          _mm512_storeu_si512(tile + kTileElements + i * 32, lo);
+          const int r = rb * 16 + i;
+          const float* row = r < rows ? q + ((b * T + r / group) * Hkv * group + h * group + r % group) * D : nullptr;
+          for (int st = 0; st < steps; ++st) {
+            const int d = st * 32;
+            const __m512 x0 = row != nullptr && d < D ? _mm512_mul_ps(factor, _mm512_loadu_ps(row + d)) : _mm512_setzero_ps();
+            const __m512 x1 =
+                row != nullptr && d + 16 < D ? _mm512_mul_ps(factor, _mm512_loadu_ps(row + d + 16)) : _mm512_setzero_ps();
+            __m512i hi, lo;
+            split_pieces(x0, x1, hi, lo);
+            uint16_t* tile = out + (((b * Hkv + h) * row_vectors + rb) * steps + st) * 2L * kTileElements;
+            _mm512_storeu_si512(tile + i * 32, hi);
+            _mm512_storeu_si512(tile + kTileElements + i * 32, lo);
+          }
         }
-      }
 }
 
 }  // namespace specdec::cpu::amx

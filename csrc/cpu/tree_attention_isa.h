@@ -57,8 +57,10 @@ void attend_split_tiles(const SplitArgs& a);
 void fold_partial_rows(float* acc, const float* part, int D, int row_vectors);
 // bf16 elements of the query tiles of `heads` (batch row, KV head) pairs
 long query_tile_elements(long heads, int D, int row_vectors);
-// qt [heads][D][row_vectors * 16] (pre-scaled) -> [heads][row block][Dp / 32 steps][hi, lo][16 rows][32 dims]
-void pack_query_tiles(const float* qt, long heads, int D, int row_vectors, unsigned short* out);
+// q [B, T, Hkv * group, D] contiguous -> scale * q as [B * Hkv][row block][D / 32 steps, rounded up][hi, lo]
+// [16 rows][32 dims] bf16, row r = t * group + g of KV head h being query head h * group + g; padding 0.
+void pack_query_tiles(const float* q, long B, long T, long Hkv, int group, int D, int row_vectors, float scale,
+                      unsigned short* out);
 }  // namespace amx
 
 }  // namespace specdec::cpu
