@@ -22,6 +22,7 @@
 // Where the time goes and what was tried: benchmarks/NOTES.md.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -38,18 +39,18 @@ constexpr int kSplit = static_cast<int>(kAttentionSplit);
 
 inline int step_dims(int D) { return (D + 31) / 32 * 32; }  // D padded to whole 32-dim steps of Q K^T
 
-// Per-thread buffers, kept between calls (huge_buffer.h: placement matters to the tile loads); sized for
-// D = 256. Compiled outside the target region, like every non-kernel function here.
+// Per-thread buffers, kept between calls (huge_buffer.h: placement matters to the tile loads). Compiled
+// outside the target region, like every non-kernel function here.
 struct Scratch {
-  uint16_t *k, *v;  // K and V tiles of one head
-  float* s;         // S of two row blocks, then P in its place; three such (attend_head)
   HugeBuffer buffer;
-  Scratch() {
-    constexpr size_t stage = 2 * kSplit * 256 * sizeof(uint16_t);  // two pieces of 256 keys x 256 dims
-    char* region = static_cast<char*>(buffer.reserve(2 * stage + 3 * 32 * kSplit * sizeof(float)));
-    k = reinterpret_cast<uint16_t*>(region);
-    v = reinterpret_cast<uint16_t*>(region + stage);
-    s = reinterpret_cast<float*>(region + 2 * stage);
+  uint16_t *k, *v;  // K tiles, then V tiles, of `heads` heads, head_elements bf16 per head each
+  float* s;         // S of two row blocks, then P in its place; three such (attend_head)
+  void reserve(int heads, long head_elements) {
+    const size_t tiles = static_cast<size_t>(heads) * head_elements * sizeof(uint16_t);
+    char* region = static_cast<char*>(buffer.reserve(3 * 32 * kSplit * sizeof(float) + 2 * tiles));
+    s = reinterpret_cast<float*>(region);
+    k = reinterpret_cast<uint16_t*>(region + 3 * 32 * kSplit * sizeof(float));
+    v = reinterpret_cast<uint16_t*>(region + 3 * 32 * kSplit * sizeof(float) + tiles);
   }
 };
 
@@ -133,35 +134,44 @@ inline void prefetch_rows(const void* src, long stride, long from, long end, int
       _mm_prefetch(static_cast<const char*>(src) + p * stride * kBytes + byte, _MM_HINT_T0);
 }
 
-// Positions [first, first + n) -> K tiles; keys n .. keys (a multiple of 64) and dims D .. Dp are zero.
+// Positions [first, first + n) of `heads` heads -> K tiles, head_elements apart; keys n .. keys (a multiple
+// of 32) and dims D .. (a multiple of 32) are zero. The heads loop inside the key tiles: every position row
+// is then read in order across its heads, a stream the hardware prefetcher follows.
 template <CacheType type, bool kLow>
-void stage_keys(const SplitArgs& a, const void* k, long first, int n, int keys, uint16_t* out) {
+void stage_keys(const SplitArgs& a, const void* k, int heads, long first, int n, int keys, long head_elements,
+                uint16_t* out) {
   const int D = a.D, steps = step_dims(D) / 32, key_tiles = keys / 16;
   const long piece = static_cast<long>(key_tiles) * steps * kTileElements;
   constexpr int kBytes = type == CacheType::kFloat ? 4 : 2;
   for (int kt = 0; kt < key_tiles; ++kt)
-    for (int st = 0; st < steps; ++st) {
-      if (st == 0) prefetch_rows<kBytes>(k, a.k_stride, first + kt * 16 + 16, first + n, 16, D);
-      __m512i hi[16], lo[16];
-      for (int i = 0; i < 16; ++i) {
-        const int p = kt * 16 + i, d = st * 32;
-        const __m512 x0 = p < n && d < D ? load16<type>(k, (first + p) * a.k_stride + d) : _mm512_setzero_ps();
-        const __m512 x1 = p < n && d + 16 < D ? load16<type>(k, (first + p) * a.k_stride + d + 16) : _mm512_setzero_ps();
-        split_pieces(x0, x1, hi[i], lo[i]);
-      }
-      uint16_t* tile = out + (static_cast<long>(kt) * steps + st) * kTileElements;
-      transpose16(hi);
-      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + i * 32, hi[i]);
-      if constexpr (kLow) {
-        transpose16(lo);
-        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + piece + i * 32, lo[i]);
+    for (int h = 0; h < heads; ++h) {
+      const char* head = static_cast<const char*>(k) + h * a.k_head_stride * kBytes;
+      prefetch_rows<kBytes>(head, a.k_stride, first + kt * 16 + 16, first + n, 16, D);
+      for (int st = 0; st < steps; ++st) {
+        __m512i hi[16], lo[16];
+        for (int i = 0; i < 16; ++i) {
+          const int p = kt * 16 + i, d = st * 32;
+          const __m512 x0 = p < n && d < D ? load16<type>(head, (first + p) * a.k_stride + d) : _mm512_setzero_ps();
+          const __m512 x1 =
+              p < n && d + 16 < D ? load16<type>(head, (first + p) * a.k_stride + d + 16) : _mm512_setzero_ps();
+          split_pieces(x0, x1, hi[i], lo[i]);
+        }
+        uint16_t* tile = out + h * head_elements + (static_cast<long>(kt) * steps + st) * kTileElements;
+        transpose16(hi);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + i * 32, hi[i]);
+        if constexpr (kLow) {
+          transpose16(lo);
+          for (int i = 0; i < 16; ++i) _mm512_storeu_si512(tile + piece + i * 32, lo[i]);
+        }
       }
     }
 }
 
-// Positions [first, first + n) -> V tiles (row kp of a tile: keys 2 kp and 2 kp + 1 interleaved per dim).
+// Positions [first, first + n) of `heads` heads -> V tiles, head_elements apart (row kp of a tile: keys 2 kp
+// and 2 kp + 1 interleaved per dim); heads inside the key steps, as for the keys.
 template <CacheType type, bool kLow>
-void stage_values(const SplitArgs& a, const void* v, long first, int n, int keys, uint16_t* out) {
+void stage_values(const SplitArgs& a, const void* v, int heads, long first, int n, int keys, long head_elements,
+                  uint16_t* out) {
   const int D = a.D, dim_tiles = D / 16, key_steps = keys / 32;
   const long piece = static_cast<long>(key_steps) * dim_tiles * kTileElements;
   alignas(64) uint16_t order[32];
@@ -169,18 +179,21 @@ void stage_values(const SplitArgs& a, const void* v, long first, int n, int keys
   const __m512i interleave = _mm512_load_si512(order);
   constexpr int kBytes = type == CacheType::kFloat ? 4 : 2;
   for (int ks = 0; ks < key_steps; ++ks)
-    for (int dt = 0; dt < dim_tiles; ++dt) {
-      if (dt == 0) prefetch_rows<kBytes>(v, a.v_stride, first + ks * 32 + 32, first + n, 32, D);
-      uint16_t* tile = out + (static_cast<long>(ks) * dim_tiles + dt) * kTileElements;
-      const int d = dt * 16;
-      for (int kp = 0; kp < 16; ++kp) {
-        const int p = ks * 32 + 2 * kp;
-        const __m512 x0 = p < n && d < D ? load16<type>(v, (first + p) * a.v_stride + d) : _mm512_setzero_ps();
-        const __m512 x1 = p + 1 < n && d < D ? load16<type>(v, (first + p + 1) * a.v_stride + d) : _mm512_setzero_ps();
-        __m512i hi, lo;
-        split_pieces(x0, x1, hi, lo);
-        _mm512_storeu_si512(tile + kp * 32, _mm512_permutexvar_epi16(interleave, hi));
-        if constexpr (kLow) _mm512_storeu_si512(tile + piece + kp * 32, _mm512_permutexvar_epi16(interleave, lo));
+    for (int h = 0; h < heads; ++h) {
+      const char* head = static_cast<const char*>(v) + h * a.v_head_stride * kBytes;
+      prefetch_rows<kBytes>(head, a.v_stride, first + ks * 32 + 32, first + n, 32, D);
+      for (int dt = 0; dt < dim_tiles; ++dt) {
+        uint16_t* tile = out + h * head_elements + (static_cast<long>(ks) * dim_tiles + dt) * kTileElements;
+        const int d = dt * 16;
+        for (int kp = 0; kp < 16; ++kp) {
+          const int p = ks * 32 + 2 * kp;
+          const __m512 x0 = p < n ? load16<type>(head, (first + p) * a.v_stride + d) : _mm512_setzero_ps();
+          const __m512 x1 = p + 1 < n ? load16<type>(head, (first + p + 1) * a.v_stride + d) : _mm512_setzero_ps();
+          __m512i hi, lo;
+          split_pieces(x0, x1, hi, lo);
+          _mm512_storeu_si512(tile + kp * 32, _mm512_permutexvar_epi16(interleave, hi));
+          if constexpr (kLow) _mm512_storeu_si512(tile + piece + kp * 32, _mm512_permutexvar_epi16(interleave, lo));
+        }
       }
     }
 }
@@ -404,18 +417,25 @@ void attend_split_typed(const SplitArgs& a) {
   const int D = a.D, q_steps = step_dims(D) / 32;
   const int n = static_cast<int>(a.end - a.begin), keys = (n + 31) / 32 * 32;
   const long part = partial_floats(D, a.row_vectors);
+  // Heads staged together, up to ~1 MiB of tiles (reading whole position rows in order; more would spill L2).
+  const long head_elements = 2L * kSplit * step_dims(D);
+  const int batch = std::max(1, std::min(a.heads, static_cast<int>((1L << 20) / (4 * head_elements))));
   Scratch& scratch = thread_scratch();
-  const Staged st{scratch.k, scratch.v, static_cast<long>(keys / 16) * q_steps * kTileElements,
-                  static_cast<long>(keys / 32) * (D / 16) * kTileElements, keys};
+  scratch.reserve(batch, head_elements);
   configure_tiles();
-  for (int h = 0; h < a.heads; ++h) {
-    stage_keys<type, kLow>(a, static_cast<const char*>(a.k) + h * a.k_head_stride * kElementBytes, a.begin, n, keys,
-                           scratch.k);
-    stage_values<type, kLow>(a, static_cast<const char*>(a.v) + h * a.v_head_stride * kElementBytes, a.begin, n, keys,
-                             scratch.v);
-    const uint16_t* q = a.q_tiles + static_cast<long>(h) * a.row_vectors * q_steps * 2 * kTileElements;
-    float* partial = a.partial + h * part;
-    attend_head<kLow>(a, st, q, scratch, partial);
+  for (int h0 = 0; h0 < a.heads; h0 += batch) {
+    const int heads = std::min(batch, a.heads - h0);
+    stage_keys<type, kLow>(a, static_cast<const char*>(a.k) + h0 * a.k_head_stride * kElementBytes, heads, a.begin,
+                           n, keys, head_elements, scratch.k);
+    stage_values<type, kLow>(a, static_cast<const char*>(a.v) + h0 * a.v_head_stride * kElementBytes, heads, a.begin,
+                             n, keys, head_elements, scratch.v);
+    for (int h = h0; h < h0 + heads; ++h) {
+      const Staged st{scratch.k + (h - h0) * head_elements, scratch.v + (h - h0) * head_elements,
+                      static_cast<long>(keys / 16) * q_steps * kTileElements,
+                      static_cast<long>(keys / 32) * (D / 16) * kTileElements, keys};
+      const uint16_t* q = a.q_tiles + static_cast<long>(h) * a.row_vectors * q_steps * 2 * kTileElements;
+      attend_head<kLow>(a, st, q, scratch, a.partial + h * part);
+    }
   }
   _tile_release();
 }
