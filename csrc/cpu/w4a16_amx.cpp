@@ -9,8 +9,9 @@
 // the group maximum are exact (bf16: 13, float16: 10 binades); others, and float32 values, which carry more
 // bits than the window, are off by less than half a unit of the last digit, 2^-20 of the group maximum
 // (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error far below the 4-bit weights').
-// Weights stay q (0..15, exact). Per row, group and 16 output columns:
-//   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^18)
+// Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255, vector kernel only). Per row, group and
+// 16 output columns:
+//   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^22)
 //   c   = (C_0 * 128 + C_1) * 128 + ...                          (float32, one rounding per step)
 //   y   = fma(xsum_g, m_g, fma(c, s_g * 2^(E - 6 - 7 (D - 1)), y))   (groups ascending, y starts at 0)
 // — the per-group-sum identity of DESIGN 3.1. The sums are exact integers, so their order (tiles,
@@ -95,6 +96,23 @@ struct Dequantizer {
   }
 };
 
+// The vector kernel's weight sources: B rows (16 columns x 4 consecutive k, uint8) of k 8 kb + 4h .. + 3.
+// 4-bit: one 64-byte line of nibble words holds 8 k, unpacked by the Dequantizer.
+struct NibbleWeights {
+  static constexpr int kWordsPer8K = kTileN;  // u32 words of a tile per 8 k
+  const Dequantizer& dq;
+  struct Block { __m512i words; };
+  static Block load(const unsigned* src) { return {_mm512_loadu_si512(src)}; }
+  __m512i row(const Block& b, int h) const { return dq.row(b.words, h); }
+};
+// 8-bit: a 64-byte line is one B row already (column c's 4 k in dword c).
+struct ByteWeights {
+  static constexpr int kWordsPer8K = 2 * kTileN;
+  struct Block { __m512i rows[2]; };
+  static Block load(const unsigned* src) { return {{_mm512_loadu_si512(src), _mm512_loadu_si512(src + kTileN)}}; }
+  __m512i row(const Block& b, int h) const { return b.rows[h]; }
+};
+
 // ---------------------------------------------------------------- shared epilogue and output
 // y = fma(xsum, m, fma(c, s * scale, y)), c = the row's digit sums combined; first group: y = 0.
 template <int D>
@@ -145,12 +163,12 @@ void write_out(const AmxArgs& a, const float* yacc, int row0, int rows, long til
 // L3, 3072 x 576 at M = 1 ran at ~13 GB/s that way.
 class NextBlockPrefetch {
  public:
-  NextBlockPrefetch(const AmxArgs& a, long next_tile, int tiles, long k_steps) {
+  NextBlockPrefetch(const AmxArgs& a, long words_per_tile, long next_tile, int tiles, long k_steps) {
     const long groups = a.K / a.group_size;
-    base_[0] = reinterpret_cast<const char*>(a.qpacked + next_tile * (long)a.K / 8 * kTileN);
+    base_[0] = reinterpret_cast<const char*>(a.qpacked + next_tile * words_per_tile);
     base_[1] = reinterpret_cast<const char*>(a.scales + next_tile * groups * kTileN);
     base_[2] = reinterpret_cast<const char*>(a.mins + next_tile * groups * kTileN);
-    lines_[0] = (long)tiles * a.K / 8 * kTileN * 4 / 64;
+    lines_[0] = tiles * words_per_tile * 4 / 64;
     lines_[1] = lines_[2] = (long)tiles * groups * kTileN * 4 / 64;
     per_step_ = (int)((lines_[0] + 2 * lines_[1] + k_steps - 1) / k_steps);
   }
@@ -172,11 +190,11 @@ class NextBlockPrefetch {
 
 // ROWS x rows (R = ROWS * D digit rows) x T tiles, int32 sums in registers (R T sums + T weight words
 // + R digit quads <= 32).
-template <int ROWS, int D, int T>
-void vector_block(const AmxArgs& a, const Dequantizer& dq, int row0, long tile0, float* yacc, NextBlockPrefetch& next) {
+template <int ROWS, int D, int T, class Weights>
+void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0, float* yacc, NextBlockPrefetch& next) {
   constexpr int R = ROWS * D;
   const int groups = a.K / a.group_size, step = a.k_step;
-  const long q_tile = (long)a.K / 8 * kTileN, s_tile = (long)groups * kTileN;
+  const long q_tile = (long)a.K / 8 * Weights::kWordsPer8K, s_tile = (long)groups * kTileN;
   for (int g = 0; g < groups; ++g) {
     __m512i acc[R][T];
     for (int r = 0; r < R; ++r)
@@ -185,11 +203,10 @@ void vector_block(const AmxArgs& a, const Dequantizer& dq, int row0, long tile0,
       const int ks = kb * 8 / step, in_step = kb * 8 % step;  // digits of k 8 kb.. at panel step ks
       const int8_t* digits = a.panels + ((long)ks * a.tile_rows + (long)row0 * D) * step + in_step;  // one block
       next.issue();
-      __m512i w[T];
+      typename Weights::Block w[T];
       for (int t = 0; t < T; ++t) {
-        const unsigned* src = a.qpacked + (tile0 + t) * q_tile + (long)kb * kTileN;
-        _mm_prefetch(reinterpret_cast<const char*>(src) + kPrefetchBytes, _MM_HINT_T0);
-        w[t] = _mm512_loadu_si512(src);
+        const unsigned* src = a.qpacked + (tile0 + t) * q_tile + (long)kb * Weights::kWordsPer8K;
+        w[t] = Weights::load(src);
       }
       for (int h = 0; h < 2; ++h) {
         __m512i x4[R];  // 4 digits of k 8 kb + 4h .., broadcast
@@ -199,7 +216,7 @@ void vector_block(const AmxArgs& a, const Dequantizer& dq, int row0, long tile0,
           x4[r] = _mm512_set1_epi32(quad);
         }
         for (int t = 0; t < T; ++t) {
-          const __m512i q = dq.row(w[t], h);
+          const __m512i q = weights.row(w[t], h);
           for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], q, x4[r]);
         }
       }
@@ -219,16 +236,17 @@ void vector_block(const AmxArgs& a, const Dequantizer& dq, int row0, long tile0,
 
 // One row: 4 tiles at a time (4 R independent sums); more rows: pairs of rows x 2 tiles (a weight row
 // feeds 2 D sums), an odd last row alone.
-template <int D>
-void vector_tiles(const AmxArgs& a, const Dequantizer& dq, long begin, long end, float* yacc) {
-  const long k_steps = a.K / 8;
+template <int D, class Weights>
+void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
+  const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
   const auto next_block = [&](long tile0, int tiles, int passes) {
-    return tile0 + tiles < end ? NextBlockPrefetch(a, tile0 + tiles, tiles, passes * k_steps) : NextBlockPrefetch::none();
+    return tile0 + tiles < end ? NextBlockPrefetch(a, words_per_tile, tile0 + tiles, tiles, passes * k_steps)
+                               : NextBlockPrefetch::none();
   };
   if (a.M == 1) {
     for (long tile0 = begin; tile0 < end; tile0 += 4) {
       NextBlockPrefetch next = next_block(tile0, 4, 1);
-      vector_block<1, D, 4>(a, dq, 0, tile0, yacc, next);
+      vector_block<1, D, 4>(a, weights, 0, tile0, yacc, next);
       write_out(a, yacc, 0, 1, tile0, 4);
     }
     return;
@@ -237,11 +255,11 @@ void vector_tiles(const AmxArgs& a, const Dequantizer& dq, long begin, long end,
     NextBlockPrefetch next = next_block(tile0, 2, (a.M + 1) / 2);
     int row = 0;
     for (; row + 2 <= a.M; row += 2) {
-      vector_block<2, D, 2>(a, dq, row, tile0, yacc, next);
+      vector_block<2, D, 2>(a, weights, row, tile0, yacc, next);
       write_out(a, yacc, row, 2, tile0, 2);
     }
     if (row < a.M) {
-      vector_block<1, D, 2>(a, dq, row, tile0, yacc, next);
+      vector_block<1, D, 2>(a, weights, row, tile0, yacc, next);
       write_out(a, yacc, row, 1, tile0, 2);
     }
   }
@@ -404,8 +422,9 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M, a.tile_rows);
+  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y.data());
   if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
-  vector_tiles<3>(a, dq, begin, end, scratch.y.data());
+  vector_tiles<3>(a, NibbleWeights{dq}, begin, end, scratch.y.data());
 }
 
 }  // namespace specdec::cpu::amx

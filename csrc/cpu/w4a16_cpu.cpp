@@ -1,5 +1,6 @@
-// CPU backend of w4a16_prepack / w4a16_gemm: argument checks, the prepack transform, the run-time
-// ISA choice and the OpenMP split over output tiles. The arithmetic lives in w4a16_kernel.inc.
+// CPU backend of w4a16_prepack / w4a16_gemm and w8a16_prepack / w8a16_gemm: argument checks, the prepack
+// transforms, the run-time ISA choice and the OpenMP split over output tiles. The arithmetic lives in
+// w4a16_kernel.inc (float FMA paths) and w4a16_amx.cpp (integer paths, the only ones 8-bit weights have).
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -63,14 +64,15 @@ int dtype_code(at::ScalarType t) {
 constexpr int64_t kVectorDigitRows = 4;
 
 // AMX-INT8 / AVX512-VNNI: x as 3 int8 digits per value in panels, the result written in
-// x's dtype by the kernel.
-at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, bool tiles_allowed) {
+// x's dtype by the kernel. 8-bit weights always take the vector kernel.
+at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                     const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits,
+                     bool tiles_allowed) {
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
   const int digits = 3, k_step = group_size == 32 ? 32 : 64;
-  const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
+  const bool use_tiles = tiles_allowed && weight_bits == 4 && M * digits > kVectorDigitRows;
   // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
   // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
   const int64_t max_block_rows = 16 / digits, blocks = (M + max_block_rows - 1) / max_block_rows;
@@ -87,8 +89,8 @@ at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qwei
   amx::pack_activations(acts, panel_data, xsum, xscale);
   const AmxArgs args{panel_data, xsum, xscale, (int)M, (int)K, (int)group_size, digits, tile_rows, k_step,
                      reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
-                     packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), out.data_ptr(), out.stride(0),
-                     out_features, dtype, (int)out.element_size(), use_tiles};
+                     packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), weight_bits, out.data_ptr(),
+                     out.stride(0), out_features, dtype, (int)out.element_size(), use_tiles};
   const int64_t quanta = tiles / kTileQuantum;
 #pragma omp parallel
   {
@@ -99,8 +101,10 @@ at::Tensor w4a16_gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qwei
   return out;
 }
 
-at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+// The checks every CPU GEMM shares; packed_qweight is [tiles, K / values_per_word, 16] (`layout` names it).
+void check_packed_gemm(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                       const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int64_t values_per_word,
+                       const char* layout) {
   check_group_size(group_size);
   SPECDEC_CHECK_DIM(x, 2);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
@@ -112,10 +116,9 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   SPECDEC_CHECK_CONTIGUOUS(packed_qweight);
   SPECDEC_CHECK_CONTIGUOUS(packed_scales);
   SPECDEC_CHECK_CONTIGUOUS(packed_mins);
-  const int64_t tiles = packed_qweight.size(0), K = packed_qweight.size(1) * 8;
-  TORCH_CHECK(packed_qweight.size(2) == kTileN && tiles % kTileQuantum == 0,
-              "packed_qweight is not in the CPU layout [tiles, K/8, 16] (did you call w4a16_prepack on CPU?), got ",
-              packed_qweight.sizes());
+  const int64_t tiles = packed_qweight.size(0), K = packed_qweight.size(1) * values_per_word;
+  TORCH_CHECK(packed_qweight.size(2) == kTileN && tiles % kTileQuantum == 0, "packed_qweight is not in the CPU layout ",
+              layout, ", got ", packed_qweight.sizes());
   SPECDEC_CHECK_SIZE(x, 1, K);
   TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
   const std::vector<int64_t> s_shape{tiles, K / group_size, kTileN};
@@ -125,12 +128,18 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   TORCH_CHECK(out_features > (tiles - kTileQuantum) * kTileN && out_features <= tiles * kTileN,
               "out_features ", out_features, " does not match packed_qweight with ", tiles, " tiles");
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
+}
 
+at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+  check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8,
+                    "[tiles, K/8, 16] (did you call w4a16_prepack on CPU?)");
+  const int64_t tiles = packed_qweight.size(0), K = x.size(1);
   const int64_t M = x.size(0);
   if (M == 0) return at::empty({0, out_features}, x.options());
   const Isa isa = chosen_matrix_isa();
   if (isa == Isa::kAmx || isa == Isa::kAvx512Vnni)
-    return w4a16_gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, isa == Isa::kAmx);
+    return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4, isa == Isa::kAmx);
   // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
   const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
   const at::Tensor x32 = x_in_place ? x
@@ -162,11 +171,33 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   return y_is_output ? y : y.narrow(1, 0, out_features).to(x.scalar_type()).contiguous();
 }
 
+// 8-bit weights: word (w, c) of a tile = q[c][4w .. 4w + 3], one byte each (VNNI order: no unpacking).
+std::vector<at::Tensor> w8a16_prepack_cpu(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
+                                          int64_t group_size) {
+  check_canonical_quantized(qweight, scales, mins, group_size, 1);
+  const int64_t tiles = padded_tiles(qweight.size(0));
+  const at::Tensor words = qweight.contiguous().view(at::kInt);  // little-endian: byte j of word w is k 4w + j
+  return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
+}
+
+at::Tensor w8a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+  check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4,
+                    "[tiles, K/4, 16] (did you call w8a16_prepack on CPU?)");
+  const Isa isa = chosen_matrix_isa();
+  TORCH_CHECK(isa == Isa::kAmx || isa == Isa::kAvx512Vnni, "w8a16_gemm needs AVX512-VNNI (the CPU path now is ",
+              isa_name(isa), "); elsewhere hold 8-bit weights as two 4-bit planes (quant.W8A16Linear does)");
+  if (x.size(0) == 0) return at::empty({0, out_features}, x.options());
+  return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8, false);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {
   m.impl("w4a16_prepack", &w4a16_prepack_cpu);
   m.impl("w4a16_gemm", &w4a16_gemm_cpu);
+  m.impl("w8a16_prepack", &w8a16_prepack_cpu);
+  m.impl("w8a16_gemm", &w8a16_gemm_cpu);
 }
 
 }  // namespace specdec::cpu

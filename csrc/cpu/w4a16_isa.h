@@ -39,9 +39,10 @@ struct AmxArgs {
   const float* xsum;              // [M, K/G] per-group sums of x
   const float* xscale;            // [M, K/G] 2^(E - 6 - 7 (digits - 1)): the last digit's weight
   int M, K, group_size, digits, tile_rows, k_step;
-  const unsigned* qpacked;        // as W4A16Args
-  const float* scales;
+  const unsigned* qpacked;        // 4-bit: as W4A16Args; 8-bit: [tiles, K/4, 16] words, byte j = k 4 w + j
+  const float* scales;            // [tiles, K/G, 16]
   const float* mins;
+  int weight_bits;                // 4 or 8 (8: the vector kernel only)
   void* out;                      // [M, ld_out] in out_dtype, N valid columns
   long ld_out, N;
   int out_dtype, out_elem;        // DtypeCode, bytes per element

@@ -22,8 +22,8 @@ def _entry(name: str):
     return call
 
 
-_w4a16_gemm, _tree_attention, _tree_verify_greedy, _kv_compact = (
-    _entry(name) for name in ("w4a16_gemm", "tree_attention", "tree_verify_greedy", "kv_compact"))
+_w4a16_gemm, _w8a16_gemm, _tree_attention, _tree_verify_greedy, _kv_compact = (
+    _entry(name) for name in ("w4a16_gemm", "w8a16_gemm", "tree_attention", "tree_verify_greedy", "kv_compact"))
 _rms_norm, _add_rms_norm, _silu_and_mul, _rope_and_cache = (
     _entry(name) for name in ("rms_norm", "add_rms_norm", "silu_and_mul", "rope_and_cache"))
 
@@ -72,6 +72,38 @@ def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, 
     torch._check(x.device == packed_qweight.device,
                  lambda: f"x and packed_qweight must be on the same device, got {x.device} and {packed_qweight.device}")
     return x.new_empty((x.shape[0], out_features))
+
+
+# ---------------------------------------------------------------- W8A16 (CPU with AVX512-VNNI)
+# The CPU paths that have w8a16_gemm (integer dot products); quant-free fallbacks live in models.layers.
+W8A16_ISAS = ("amx", "avx512vnni")
+
+
+def w8a16_supported(device: torch.device) -> bool:
+    """Whether w8a16_gemm runs for tensors on `device` on this machine now."""
+    return device.type == "cpu" and _C.cpu_isa() in W8A16_ISAS
+
+
+def w8a16_prepack(qweight, scales, mins, group_size: int):
+    """Canonical (qweight uint8 [N, K], q = 0..255, scales/mins [N, K/G]) -> the CPU layout."""
+    return _ops.w8a16_prepack(qweight, scales, mins, group_size)
+
+
+def w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
+    """y = x @ W.T for prepacked 8-bit W (W = scales * q + mins per group). x: [M, K] -> [M, N] in x.dtype."""
+    return _w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
+
+
+@torch.library.register_fake("specdec::w8a16_prepack")
+def _w8a16_prepack_fake(qweight, scales, mins, group_size):
+    n, k = qweight.shape
+    (_, ss, ms) = prepacked_shapes("cpu", n, k, group_size)
+    qs = (ss[0], k // 4, CPU_TILE_N)
+    return [qweight.new_empty(qs, dtype=torch.int32), scales.new_empty(ss, dtype=torch.float32),
+            mins.new_empty(ms, dtype=torch.float32)]
+
+
+torch.library.register_fake("specdec::w8a16_gemm")(_w4a16_gemm_fake)
 
 
 # ---------------------------------------------------------------- tree verification and KV compaction

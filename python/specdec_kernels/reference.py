@@ -16,17 +16,32 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return q[..., 0] | (q[..., 1] << 4)
 
 
-def dequantize_w4(qweight, scales, mins, group_size: int) -> torch.Tensor:
+def _affine(q: torch.Tensor, scales, mins, group_size: int) -> torch.Tensor:
     """W[n, k] = scales[n, k // G] * q[n, k] + mins[n, k // G], in float32."""
-    q = unpack_int4(qweight).float()
     s = scales.float().repeat_interleave(group_size, dim=1)
     m = mins.float().repeat_interleave(group_size, dim=1)
-    return q * s + m
+    return q.float() * s + m
+
+
+def dequantize_w4(qweight, scales, mins, group_size: int) -> torch.Tensor:
+    """4-bit qweight uint8 [N, K/2] -> float32 W [N, K]."""
+    return _affine(unpack_int4(qweight), scales, mins, group_size)
+
+
+def dequantize_w8(qweight, scales, mins, group_size: int) -> torch.Tensor:
+    """8-bit qweight uint8 [N, K] (q 0..255) -> float32 W [N, K]."""
+    return _affine(qweight, scales, mins, group_size)
 
 
 def w4a16_gemm(x, qweight, scales, mins, group_size: int) -> torch.Tensor:
     """y = x @ W.T computed in float64 (the oracle), returned in x's dtype. x: [..., K] -> [..., N]."""
     w = dequantize_w4(qweight, scales, mins, group_size).double()
+    return (x.double() @ w.T).to(x.dtype)
+
+
+def w8a16_gemm(x, qweight, scales, mins, group_size: int) -> torch.Tensor:
+    """w4a16_gemm's oracle for 8-bit qweight uint8 [N, K]."""
+    w = dequantize_w8(qweight, scales, mins, group_size).double()
     return (x.double() @ w.T).to(x.dtype)
 
 

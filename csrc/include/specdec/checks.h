@@ -21,15 +21,16 @@ inline void check_group_size(int64_t group_size) {
               "group_size must be 32, 64 or 128, got ", group_size);
 }
 
-// The canonical W4A16 format (DESIGN 3.1): qweight uint8 [N, K/2], scales/mins [N, K/G].
-inline void check_canonical_w4(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
-                               int64_t group_size) {
+// The canonical W4A16 format (DESIGN 3.1): qweight uint8 [N, K/2], scales/mins [N, K/G]; W8A16 the
+// same with one byte per weight, qweight uint8 [N, K] (values_per_byte 1).
+inline void check_canonical_quantized(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
+                                      int64_t group_size, int64_t values_per_byte) {
   check_group_size(group_size);
   SPECDEC_CHECK_DIM(qweight, 2);
   SPECDEC_CHECK_DTYPE(qweight, at::kByte);
   SPECDEC_CHECK_DIM(scales, 2);
   SPECDEC_CHECK_DIM(mins, 2);
-  const int64_t K = qweight.size(1) * 2;
+  const int64_t K = qweight.size(1) * values_per_byte;
   TORCH_CHECK(K % group_size == 0, "in_features K = ", K, " must be a multiple of group_size ", group_size);
   SPECDEC_CHECK_SIZE(scales, 0, qweight.size(0));
   SPECDEC_CHECK_SIZE(scales, 1, K / group_size);
@@ -40,6 +41,11 @@ inline void check_canonical_w4(const at::Tensor& qweight, const at::Tensor& scal
   TORCH_CHECK(at::isFloatingType(scales.scalar_type()), "scales must be floating point, got ", scales.scalar_type());
   SPECDEC_CHECK_SAME_DEVICE(qweight, scales);
   SPECDEC_CHECK_SAME_DEVICE(qweight, mins);
+}
+
+inline void check_canonical_w4(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
+                               int64_t group_size) {
+  check_canonical_quantized(qweight, scales, mins, group_size, 2);
 }
 
 }  // namespace specdec

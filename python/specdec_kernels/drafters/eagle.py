@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from specdec_kernels import ops, quant, tree
-from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears
+from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears, W8A16Linear
+from specdec_kernels.reference import dequantize_w8
 from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_tables
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
@@ -46,6 +47,8 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, quant.W4A16Linear):
         qw = quant.QuantizedWeight(layer.qweight, layer.scales, layer.mins, layer.group_size)
         return quant.dequantize(qw).float()
+    if isinstance(layer, W8A16Linear):
+        return dequantize_w8(layer.qweight, layer.scales, layer.mins, layer.group_size)
     if isinstance(layer, SumOfLinears):
         return sum(dense_weight(part) for part in layer.parts)
     if isinstance(layer, (RowwiseLinear, nn.Linear)):

@@ -1,5 +1,5 @@
 """Load a Llama-family GGUF file (llama, qwen2) into the runner: Q4_0/Q4_1 straight into W4A16 layers (exact),
-Q8_0 matrices as two exact 4-bit planes, F32/F16 as they are — or, by option, every such non-4-bit matrix
+Q8_0 matrices as exact 8-bit layers, F32/F16 as they are — or, by option, every such non-4-bit matrix
 RTN-quantized to 4 bits."""
 import importlib.util
 import os
@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from specdec_kernels.quant import QuantizedWeight, W4A16Linear, gguf_q4_to_canonical
-from specdec_kernels.reference import pack_int4
 
-from .layers import SumOfLinears, dense_linear
+from .layers import W8A16Linear, dense_linear
 from .llama import Block, ModelConfig, Transformer, pair_rows
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -30,15 +29,13 @@ def embedded_model_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def q8_0_planes(raw: np.ndarray) -> list:
-    """Q8_0 rows (block: fp16 d, 32 int8) -> two exact W4 planes: q + 128 = 16 hi + lo, so
-    W = d q = (16 d) hi - 128 d + d lo."""
+def q8_0_linear(raw: np.ndarray, bias: Optional[torch.Tensor]) -> W8A16Linear:
+    """Q8_0 rows (block: fp16 d, 32 int8 q) as an exact 8-bit layer: W = d q = d (q + 128) - 128 d."""
     n = raw.shape[0]
     blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, 34)
     d = blocks[..., :2].contiguous().view(torch.float16)[..., 0]
-    biased = blocks[..., 2:].contiguous().view(torch.int8).int() + 128  # 0..255
-    hi, lo = (biased >> 4).reshape(n, -1), (biased & 15).reshape(n, -1)
-    return [QuantizedWeight(pack_int4(hi), 16 * d, -128 * d, 32), QuantizedWeight(pack_int4(lo), d, torch.zeros_like(d), 32)]
+    biased = (blocks[..., 2:].contiguous().view(torch.int8).int() + 128).to(torch.uint8).reshape(n, -1)
+    return W8A16Linear(biased, d, -128 * d, 32, bias)
 
 
 def dense(tensor) -> torch.Tensor:
@@ -74,8 +71,7 @@ def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Option
                                  p.group_size) for p, n in zip(parts, pair_heads)]  # exact: rows are independent
         return W4A16Linear(stack_rows(parts), bias)
     if kind == "Q8_0" and len(tensors) == 1 and dense_group_size is None and pair_heads[0] is None:
-        hi, lo = q8_0_planes(np.asarray(tensors[0].data))
-        return SumOfLinears([W4A16Linear(hi, bias), W4A16Linear(lo)])
+        return q8_0_linear(np.asarray(tensors[0].data), bias)
     if kind in ("F32", "F16", "BF16", "Q8_0"):
         return dense_linear(torch.cat([reorder(dense(t), n) for t, n in zip(tensors, pair_heads)]), bias,
                             dense_group_size)
@@ -93,7 +89,7 @@ def _field(reader, key):
 
 def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int] = None) -> Transformer:
     """dense_group_size: RTN-quantize the file's non-4-bit matrices (Q8_0, F16, F32) in groups of this size
-    instead of keeping them exact (Q8_0 as two 4-bit planes, floats dense)."""
+    instead of keeping them exact (Q8_0 in 8 bits, floats dense)."""
     import gguf
 
     if not os.path.exists(path):

@@ -1,10 +1,13 @@
-"""Linear layers the loaders build besides W4A16Linear: dense (batch-invariant), and sums of 4-bit planes."""
+"""Linear layers the loaders build besides W4A16Linear: 8-bit (a Q8_0 output head), dense (batch-invariant),
+and sums of 4-bit planes."""
 from typing import Optional
 
 import torch
 from torch import nn
 
-from specdec_kernels.quant import W4A16Linear, quantize_rtn
+from specdec_kernels import ops
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, quantize_rtn
+from specdec_kernels.reference import pack_int4
 
 
 class SumOfLinears(nn.Module):
@@ -19,6 +22,57 @@ class SumOfLinears(nn.Module):
         for part in self.parts[1:]:
             y += part(x)  # in place: y is this call's own fresh output
         return y
+
+
+class W8A16Linear(nn.Module):
+    """y = x @ W.T + bias, W[n, k] = scales[n, k // G] * q[n, k] + mins[n, k // G], q uint8 [N, K] (0..255).
+
+    One byte per weight through w8a16_gemm where it runs (CPU with AVX512-VNNI: one integer dot product per
+    4 weights); elsewhere two exact 4-bit planes, q = 16 hi + lo: W = (16 scales) hi + mins + scales lo (twice
+    the dot products and 1.5x the bytes). The path is chosen when the module is built or moved."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+                 bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+            raise ValueError(f"qweight must be uint8 [N, K], got {qweight.dtype} {tuple(qweight.shape)}")
+        self.out_features, self.in_features = qweight.shape
+        self.group_size = group_size
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("mins", mins)
+        self.register_buffer("bias", bias)
+        self._prepack()
+
+    def _prepack(self):
+        self.packed = self.planes = None
+        if ops.w8a16_supported(self.qweight.device):
+            self.packed = ops.w8a16_prepack(self.qweight, self.scales, self.mins, self.group_size)
+            return
+        q, s = self.qweight, self.scales
+        hi = QuantizedWeight(pack_int4(q >> 4), 16 * s, self.mins, self.group_size)
+        lo = QuantizedWeight(pack_int4(q & 15), s, torch.zeros_like(s), self.group_size)
+        self.planes = SumOfLinears([W4A16Linear(hi, self.bias), W4A16Linear(lo)])
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._prepack()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.planes is not None:
+            return self.planes(x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end in in_features = {self.in_features}, got shape {tuple(x.shape)}")
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        y = ops.w8a16_gemm(rows, *self.packed, self.group_size, self.out_features)
+        y = y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+        bias = self._buffers["bias"]
+        return y if bias is None else y + bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        path = "w8a16_gemm" if self.planes is None else "two 4-bit planes"
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, {path}"
 
 
 class RowwiseLinear(nn.Module):

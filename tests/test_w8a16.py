@@ -1,0 +1,118 @@
+"""8-bit weights (w8a16_gemm, models.layers.W8A16Linear: the Q8_0 output head) against the float64 oracle."""
+import pytest
+import torch
+from conftest import assert_close_to_oracle
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from w4a16_samples import SAMPLES, cpu_isa, isa_params, isa_supported
+
+from specdec_kernels import ops, reference
+from specdec_kernels.models.layers import W8A16Linear
+
+W8_ISAS = isa_params(ops.W8A16_ISAS)
+HAS_W8 = any(isa_supported(isa) for isa in ops.W8A16_ISAS)
+needs_w8 = pytest.mark.skipif(not HAS_W8, reason="w8a16_gemm needs AVX512-VNNI")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def random_w8(n: int, k: int, group_size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    qweight = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // group_size, generator=g) * 0.01 + 0.001).half()
+    mins = (-128 * scales.float() + torch.randn(n, k // group_size, generator=g) * 0.01).half()
+    return qweight, scales, mins, group_size
+
+
+def run_gemm(x, w):
+    qweight, scales, mins, group_size = w
+    return ops.w8a16_gemm(x, *ops.w8a16_prepack(qweight, scales, mins, group_size), group_size, qweight.shape[0])
+
+
+def assert_close_to_reference(y, x, w):
+    assert_close_to_oracle(y, reference.w8a16_gemm(x, *w), x.dtype)
+
+
+@pytest.mark.parametrize("isa", W8_ISAS)
+@pytest.mark.parametrize("n,k,group_size,m", SAMPLES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(isa, n, k, group_size, m, dtype):
+    w, x = random_w8(n, k, group_size), torch.randn(m, k).to(dtype)
+    with cpu_isa(isa):
+        y = run_gemm(x, w)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert_close_to_reference(y, x, w)
+
+
+@needs_w8
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), split=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_batch_invariance_bitwise(m, split, seed):
+    """A row's output does not depend on the rows computed with it (verification == decoding, bitwise)."""
+    w = random_w8(85, 192, 64, seed)
+    x = torch.randn(m, 192, generator=torch.Generator().manual_seed(seed))
+    batched = run_gemm(x, w)
+    split = min(split, m)
+    parts = [part for part in (x[:split], x[split:]) if part.shape[0]]
+    assert torch.equal(torch.cat([run_gemm(part, w) for part in parts]), batched)
+    assert torch.equal(run_gemm(x[-1:], w), batched[-1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_paths_agree(dtype):
+    """W8A16Linear on w8a16_gemm and on its two-4-bit-plane fallback compute the same W."""
+    w = random_w8(130, 256, 32)
+    x = torch.randn(9, 256).to(dtype)
+    with cpu_isa("avx512" if isa_supported("avx512") else "generic"):
+        planes = W8A16Linear(*w)
+        assert planes.planes is not None
+        y_planes = planes(x)
+    assert_close_to_reference(y_planes, x, w)
+    if HAS_W8:
+        direct = W8A16Linear(*w)
+        assert direct.planes is None and "w8a16_gemm" in repr(direct)
+        assert_close_to_reference(direct(x), x, w)
+
+
+def test_linear_bias_and_shapes():
+    w = random_w8(40, 64, 32)
+    bias = torch.randn(40)
+    layer = W8A16Linear(*w, bias=bias)
+    x = torch.randn(2, 3, 64)
+    expected = reference.w8a16_gemm(x.reshape(6, 64), *w).reshape(2, 3, 40) + bias
+    torch.testing.assert_close(layer(x), expected, atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match="in_features"):
+        layer(torch.randn(2, 65))
+    with pytest.raises(ValueError, match="uint8"):
+        W8A16Linear(w[0].int(), *w[1:])
+
+
+@needs_w8
+@pytest.mark.parametrize("n,k,group_size,m", SAMPLES[:3])
+def test_opcheck(n, k, group_size, m):
+    qweight, scales, mins, _ = random_w8(n, k, group_size)
+    torch.library.opcheck(torch.ops.specdec.w8a16_prepack, (qweight, scales, mins, group_size))
+    packed = ops.w8a16_prepack(qweight, scales, mins, group_size)
+    torch.library.opcheck(torch.ops.specdec.w8a16_gemm, (torch.randn(m, k), *packed, group_size, n))
+
+
+def test_needs_vnni():
+    w = random_w8(16, 64, 32)
+    packed = ops.w8a16_prepack(*w)
+    with cpu_isa("generic"), pytest.raises(RuntimeError, match="w8a16_gemm needs AVX512-VNNI"):
+        ops.w8a16_gemm(torch.randn(2, 64), *packed, 32, 16)
+
+
+@needs_w8
+def test_rejects_a_4_bit_layout_and_bad_shapes():
+    qweight, scales, mins, g = random_w8(32, 128, 32)
+    w4_packed = ops.w4a16_prepack(qweight[:, :64].contiguous(), scales, mins, g)
+    with pytest.raises(RuntimeError, match="x.size"):  # [tiles, K/8, 16] read as [tiles, K/4, 16]: K = 64
+        ops.w8a16_gemm(torch.randn(2, 128), *w4_packed, g, 32)
+    with pytest.raises(RuntimeError, match="multiple of group_size"):
+        ops.w8a16_prepack(qweight[:, :48].contiguous(), scales[:, :1].contiguous(), mins[:, :1].contiguous(), g)
+    with pytest.raises(RuntimeError, match="qweight must be Byte"):
+        ops.w8a16_prepack(qweight.to(torch.int8), scales, mins, g)
+    packed = ops.w8a16_prepack(qweight, scales, mins, g)
+    with pytest.raises(RuntimeError, match="out_features"):
+        ops.w8a16_gemm(torch.randn(2, 128), *packed, g, 100)
+    assert ops.w8a16_gemm(torch.randn(0, 128), *packed, g, 32).shape == (0, 32)
