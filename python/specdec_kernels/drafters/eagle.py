@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from specdec_kernels import ops, quant, tree
 from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears, W8A16Linear
 from specdec_kernels.reference import dequantize_w8
-from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_tables
+from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_cos_sin, rope_tables
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
 # Draft shapes for this CPU (benchmarks/NOTES.md, "EAGLE tree shape"): keyword arguments of speculative_generate.
@@ -148,6 +148,7 @@ class EagleDrafter:
         self.max_seq_len = max_seq_len or target.max_seq_len
         shape = (1, self.max_seq_len, c.n_kv_heads, c.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
+        self.rope = rope_cos_sin(c, self.max_seq_len)
         self.length = 0  # committed pairs D
 
     @classmethod
@@ -164,20 +165,16 @@ class EagleDrafter:
         c = self.config
         n = pairs.shape[0]
         x = self.fc(pairs)
-        q, k, v = self.wqkv(x).split([c.dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim], -1)
-        rotations = rope_tables(c, positions[None])
-        q = apply_rope(q.reshape(1, n, c.n_heads, c.head_dim), rotations)
-        k = apply_rope(k.reshape(1, n, c.n_kv_heads, c.head_dim), rotations)
-        start = self.length + past
-        self.k_cache[0, start: start + n] = k[0]
-        self.v_cache[0, start: start + n] = v.reshape(n, c.n_kv_heads, c.head_dim)
+        heads = self.wqkv(x).view(1, n, -1, c.head_dim)
+        q, k, v = heads.split_with_sizes([c.n_heads, c.n_kv_heads, c.n_kv_heads], dim=2)
+        start = torch.tensor([self.length + past], dtype=torch.int32)
+        q = ops.rope_and_cache(q, k, v, positions[None], *self.rope, self.k_cache, self.v_cache, start)
         if past:  # earlier tree pairs take part as keys only: their query rows are zeros, their outputs unused
             q = torch.cat([q.new_zeros(1, past, c.n_heads, c.head_dim), q], 1)
         lens = torch.tensor([self.length], dtype=torch.int32)
         attn = ops.tree_attention(q, self.k_cache, self.v_cache, lens, mask)[0, past:]
-        x = x + self.wo(attn.reshape(n, c.dim))
-        gate, up = self.w_gate_up(rms_norm(x, self.ffn_norm, c.norm_eps)).chunk(2, -1)
-        return x + self.w_down(F.silu(gate) * up)
+        x, h = ops.add_rms_norm(x, self.wo(attn.reshape(n, c.dim)), self.ffn_norm, c.norm_eps)
+        return x + self.w_down(ops.silu_and_mul(self.w_gate_up(h)))
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.lm_head(hidden).float(), -1)
