@@ -234,8 +234,9 @@ void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0
   }
 }
 
-// One row: 4 tiles at a time (4 R independent sums); more rows: pairs of rows x 2 tiles (a weight row
-// feeds 2 D sums), an odd last row alone.
+// One row: 4 tiles at a time (4 R independent sums); more rows: blocks of 3 rows x 2 tiles (a weight row
+// feeds 3 D sums; 18 accumulators), then 2 + 2 or 2 or 1. Three rows in one pass instead of 2 + 1: the
+XX
 template <int D, class Weights>
 void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
   const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
@@ -252,15 +253,22 @@ void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end
     return;
   }
   for (long tile0 = begin; tile0 < end; tile0 += 2) {
-    NextBlockPrefetch next = next_block(tile0, 2, (a.M + 1) / 2);
-    int row = 0;
-    for (; row + 2 <= a.M; row += 2) {
-      vector_block<2, D, 2>(a, weights, row, tile0, yacc, next);
-      write_out(a, yacc, row, 2, tile0, 2);
-    }
-    if (row < a.M) {
-      vector_block<1, D, 2>(a, weights, row, tile0, yacc, next);
-      write_out(a, yacc, row, 1, tile0, 2);
+    NextBlockPrefetch next = next_block(tile0, 2, (a.M + 2) / 3);
+    for (int row = 0; row < a.M;) {
+      const int left = a.M - row;
+      if (left == 3 || left > 4) {
+        vector_block<3, D, 2>(a, weights, row, tile0, yacc, next);
+        write_out(a, yacc, row, 3, tile0, 2);
+        row += 3;
+      } else if (left >= 2) {  // 4 rows as 2 + 2, not 3 + a lone row
+        vector_block<2, D, 2>(a, weights, row, tile0, yacc, next);
+        write_out(a, yacc, row, 2, tile0, 2);
+        row += 2;
+      } else {
+        vector_block<1, D, 2>(a, weights, row, tile0, yacc, next);
+        write_out(a, yacc, row, 1, tile0, 2);
+        row += 1;
+      }
     }
   }
 }
