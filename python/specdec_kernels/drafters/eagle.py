@@ -26,8 +26,8 @@ from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
 # Draft shapes for this CPU (benchmarks/NOTES.md, "EAGLE tree shape"): keyword arguments of speculative_generate.
-TREE = dict(total_tokens=8, depth=4, draft_top_k=2)
-CHAIN_LENGTH = 2
+TREE = dict(total_tokens=4, depth=2, draft_top_k=2)
+CHAIN_LENGTH = 1
 
 
 def chain_shape(length: int) -> dict:
