@@ -158,6 +158,19 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
 
 
 # ---------------------------------------------------------------- the module
+def apply_packed(layer: torch.nn.Module, gemm, x: torch.Tensor) -> torch.Tensor:
+    """y = gemm(x, *layer.packed, ...) + bias over x [..., in_features], for a layer holding a packed weight
+    (in_features, out_features, group_size, packed, a `bias` buffer)."""
+    if x.shape[-1] != layer.in_features:
+        raise ValueError(f"x must end in in_features = {layer.in_features}, got shape {tuple(x.shape)}")
+    # 2-D x (the runner's activations) skips both reshapes: at decoding sizes every microsecond counts
+    rows = x if x.dim() == 2 else x.reshape(-1, layer.in_features)
+    y = gemm(rows, *layer.packed, layer.group_size, layer.out_features)
+    y = y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)
+    bias = layer._buffers["bias"]  # a direct read: nn.Module.__getattr__ costs ~0.6 us
+    return y if bias is None else y + bias.to(y.dtype)
+
+
 class W4A16Linear(torch.nn.Module):
     """y = x @ W.T + bias with W held in 4 bits. Keeps the canonical form as buffers (state_dict,
     .to()) and its backend's prepacked layout beside it, re-packed whenever the module moves."""
@@ -190,14 +203,7 @@ class W4A16Linear(torch.nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x must end in in_features = {self.in_features}, got shape {tuple(x.shape)}")
-        # 2-D x (the runner's activations) skips both reshapes: at decoding sizes every microsecond counts
-        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        y = ops.w4a16_gemm(rows, *self.packed, self.group_size, self.out_features)
-        y = y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
-        bias = self._buffers["bias"]  # a direct read: nn.Module.__getattr__ costs ~0.6 us
-        return y if bias is None else y + bias.to(y.dtype)
+        return apply_packed(self, ops.w4a16_gemm, x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

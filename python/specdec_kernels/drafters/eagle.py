@@ -21,8 +21,8 @@ from torch.nn import functional as F
 
 from specdec_kernels import ops, quant, tree
 from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears, W8A16Linear
-from specdec_kernels.reference import dequantize_w8
 from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_cos_sin, rope_tables
+from specdec_kernels.reference import dequantize_w8
 
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")
 # Draft shapes for this CPU (benchmarks/NOTES.md, "EAGLE tree shape"): keyword arguments of speculative_generate.

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from specdec_kernels import ops
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, quantize_rtn
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, apply_packed, quantize_rtn
 from specdec_kernels.reference import pack_int4
 
 
@@ -62,13 +62,7 @@ class W8A16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.planes is not None:
             return self.planes(x)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x must end in in_features = {self.in_features}, got shape {tuple(x.shape)}")
-        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        y = ops.w8a16_gemm(rows, *self.packed, self.group_size, self.out_features)
-        y = y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
-        bias = self._buffers["bias"]
-        return y if bias is None else y + bias.to(y.dtype)
+        return apply_packed(self, ops.w8a16_gemm, x)
 
     def extra_repr(self) -> str:
         path = "w8a16_gemm" if self.planes is None else "two 4-bit planes"
