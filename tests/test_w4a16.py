@@ -1,7 +1,8 @@
 import pytest
 import torch
 from conftest import TOLERANCES, assert_close_to_oracle
-from w4a16_samples import SAMPLES, W4A16_ISAS, cpu_isa, isa_params, isa_supported, random_quantized
+from w4a16_samples import (SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
+                           random_quantized)
 
 from specdec_kernels import W4A16Linear, ops, quant, reference
 
@@ -61,16 +62,7 @@ def test_batch_invariance_bitwise(isa, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_tile_and_vector_kernels_identical(dtype, group_size):
-    """The AMX path multiplies few rows with the vector kernel and more with tiles; both must give the
-    same bits (the avx512vnni path is that vector kernel for every M)."""
-    qw = random_quantized(130, 512, group_size, seed=3)
-    for m in (1, 2, 3, 4, 5, 16, 17, 40):
-        x = torch.randn(m, 512).to(dtype) * torch.logspace(-3, 3, m).to(dtype)[:, None]  # rows of mixed scale
-        with cpu_isa("amx"):
-            tiles = run_gemm(x, qw)
-        with cpu_isa("avx512vnni"):
-            vector = run_gemm(x, qw)
-        assert torch.equal(tiles, vector), (m, (tiles.double() - vector.double()).abs().max().item())
+    assert_tiles_match_vector_kernel(run_gemm, random_quantized(130, 512, group_size, seed=3), 512, dtype)
 
 
 def test_batch_invariance_check_can_fail():

@@ -4,7 +4,7 @@ import torch
 from conftest import assert_close_to_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from w4a16_samples import SAMPLES, cpu_isa, isa_params, isa_supported
+from w4a16_samples import SAMPLES, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported
 
 from specdec_kernels import ops, reference
 from specdec_kernels.models.layers import W8A16Linear
@@ -55,6 +55,14 @@ def test_batch_invariance_bitwise(m, split, seed):
     parts = [part for part in (x[:split], x[split:]) if part.shape[0]]
     assert torch.equal(torch.cat([run_gemm(part, w) for part in parts]), batched)
     assert torch.equal(run_gemm(x[-1:], w), batched[-1:])
+
+
+@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_tile_and_vector_kernels_identical(dtype, group_size):
+    """8-bit B tiles read in place (AMX) against the VPDPBUSD kernel."""
+    assert_tiles_match_vector_kernel(run_gemm, random_w8(130, 512, group_size, seed=3), 512, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -50,3 +50,15 @@ def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16,
     scales = (torch.rand(n, k // group_size, generator=g) * 0.02 + 0.001).to(scale_dtype)
     mins = (torch.randn(n, k // group_size, generator=g) * 0.05).to(scale_dtype)
     return quant.QuantizedWeight(qweight, scales, mins, group_size)
+
+
+def assert_tiles_match_vector_kernel(run_gemm, weights, k: int, dtype):
+    """The AMX path multiplies few rows with the VNNI vector kernel and more with tiles; the avx512vnni path is
+    that vector kernel for every M. Both compute exact integer sums, so every M must give the same bits."""
+    for m in (1, 2, 3, 4, 5, 16, 17, 40):
+        x = torch.randn(m, k).to(dtype) * torch.logspace(-3, 3, m).to(dtype)[:, None]  # rows of mixed scale
+        with cpu_isa("amx"):
+            tiles = run_gemm(x, weights)
+        with cpu_isa("avx512vnni"):
+            vector = run_gemm(x, weights)
+        assert torch.equal(tiles, vector), (m, (tiles.double() - vector.double()).abs().max().item())

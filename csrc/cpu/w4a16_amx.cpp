@@ -9,7 +9,7 @@
 // the group maximum are exact (bf16: 13, float16: 10 binades); others, and float32 values, which carry more
 // bits than the window, are off by less than half a unit of the last digit, 2^-20 of the group maximum
 // (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error far below the 4-bit weights').
-// Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255, vector kernel only). Per row, group and
+// Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255). Per row, group and
 // 16 output columns:
 //   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^22)
 //   c   = (C_0 * 128 + C_1) * 128 + ...                          (float32, one rounding per step)
@@ -62,7 +62,6 @@ namespace specdec::cpu::amx {
 namespace {
 
 constexpr int kTileN = 16;            // output columns per weight tile
-constexpr int kPrefetchBytes = 2048;  // ahead in each weight-tile stream (1-8 KiB measured: 1-2 KiB best)
 
 // ---------------------------------------------------------------- weights: nibbles -> uint8 q
 // Word (kb, c) of a packed weight tile holds q[c][8 kb + i] in nibble i, so a 64-byte block covers 8 k
@@ -87,8 +86,6 @@ struct Dequantizer {
   // One B tile: `step` k (64 or 32) of 16 columns from step / 8 packed blocks.
   void tile(const unsigned* words, int step, uint8_t* b_tile) const {
     for (int block = 0; block < step / 8; ++block) {
-      // Weights are read once per call: fetch ahead so the memory stream overlaps the arithmetic.
-      _mm_prefetch(reinterpret_cast<const char*>(words + block * kTileN) + kPrefetchBytes, _MM_HINT_T0);
       const __m512i w = _mm512_loadu_si512(words + block * kTileN);
       _mm512_store_si512(b_tile + (2 * block) * 64, row(w, 0));
       _mm512_store_si512(b_tile + (2 * block + 1) * 64, row(w, 1));
@@ -297,23 +294,35 @@ void configure_tiles(int rows, int step) {
   _tile_loadd(7, b3, 64);                                 \
   _tile_dpbsud(3, A, 7)
 
-// Tiles [begin, end) in blocks of 4; per (block, group): dequantize the group's B tiles once, then for each
-// row block (tile_rows = whole x rows of digit rows) multiply, store C and run that block's epilogue at once:
-// C is still in L1 and the next block's tile multiplies overlap this block's vector work.
+// Tiles [begin, end) in blocks of 4; per (block, group): the group's B tiles (4-bit: unpacked once into
+// scratch; 8-bit: read in place, the packed bytes are B rows already), then for each row block (tile_rows =
+// whole x rows of digit rows) multiply, store C and run that block's epilogue at once: C is still in L1 and
+// the next block's tile multiplies overlap this block's vector work. The next tile block streams in meanwhile.
 template <int D>
 void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long begin, long end) {
   const int M = a.M, K = a.K, groups = K / a.group_size, step = a.k_step, steps = a.group_size / step;
   const int tile_rows = a.tile_rows, block_rows = tile_rows / D, row_blocks = (M + block_rows - 1) / block_rows;
-  const long q_tile = (long)K / 8 * kTileN, s_tile = (long)groups * kTileN, panel = (long)K * tile_rows;
+  const bool nibbles = a.weight_bits == 4;
+  const long words_per_8k = nibbles ? NibbleWeights::kWordsPer8K : ByteWeights::kWordsPer8K;
+  const long q_tile = (long)K / 8 * words_per_8k, s_tile = (long)groups * kTileN, panel = (long)K * tile_rows;
   const long c_tile = (long)tile_rows * kTileN;  // int32 per C tile in scratch.c: one row block
   float* yacc = scratch.y.data();
   int32_t* cbuf = scratch.c.data();
   configure_tiles(tile_rows, step);
   for (long tile0 = begin; tile0 < end; tile0 += kTilesPerBlock) {
+    NextBlockPrefetch next = tile0 + kTilesPerBlock < end
+                                 ? NextBlockPrefetch(a, q_tile, tile0 + kTilesPerBlock, kTilesPerBlock, groups)
+                                 : NextBlockPrefetch::none();
     for (int g = 0; g < groups; ++g) {
-      const unsigned* words = a.qpacked + tile0 * q_tile + (long)g * a.group_size / 8 * kTileN;
-      for (int t = 0; t < kTilesPerBlock; ++t)
-        for (int i = 0; i < steps; ++i) dq.tile(words + t * q_tile + i * step / 8 * kTileN, step, scratch.b[t * steps + i]);
+      next.issue();
+      const uint8_t* b[kTilesPerBlock][kMaxStepsPerGroup];  // B tile of tile t, k step i of the group
+      for (int t = 0; t < kTilesPerBlock; ++t) {
+        for (int i = 0; i < steps; ++i) {
+          const unsigned* words = a.qpacked + (tile0 + t) * q_tile + ((long)g * a.group_size + i * step) / 8 * words_per_8k;
+          if (nibbles) dq.tile(words, step, scratch.b[t * steps + i]);
+          b[t][i] = nibbles ? scratch.b[t * steps + i] : reinterpret_cast<const uint8_t*>(words);
+        }
+      }
       __m512 s[kTilesPerBlock], m[kTilesPerBlock];
       for (int t = 0; t < kTilesPerBlock; ++t) {
         s[t] = _mm512_loadu_ps(a.scales + (tile0 + t) * s_tile + g * kTileN);
@@ -326,11 +335,10 @@ void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long
         _tile_zero(3);
         for (int i = 0; i < steps; ++i) {
           const int8_t* a_tile = a.panels + blk * panel + ((long)g * steps + i) * tile_rows * step;
-          uint8_t(*b)[16 * 64] = scratch.b + i;  // tile t at b[t * steps]
           if ((g * steps + i) % 2 == 0) {
-            SPECDEC_AMX_STEP(4, a_tile, step, b[0], b[steps], b[2 * steps], b[3 * steps]);
+            SPECDEC_AMX_STEP(4, a_tile, step, b[0][i], b[1][i], b[2][i], b[3][i]);
           } else {
-            SPECDEC_AMX_STEP(5, a_tile, step, b[0], b[steps], b[2 * steps], b[3 * steps]);
+            SPECDEC_AMX_STEP(5, a_tile, step, b[0][i], b[1][i], b[2][i], b[3][i]);
           }
         }
         _tile_stored(0, cbuf, 64);
@@ -430,8 +438,8 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M, a.tile_rows);
-  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y.data());
   if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
+  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y.data());
   vector_tiles<3>(a, NibbleWeights{dq}, begin, end, scratch.y.data());
 }
 

@@ -61,10 +61,10 @@ int dtype_code(at::ScalarType t) {
 
 // Up to this many digit rows (x rows times digits) the AMX path runs the VNNI vector kernel: the same
 // exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle.
-constexpr int64_t kVectorDigitRows = 4;
+constexpr int64_t kVectorDigitRows = 6;
 
 // AMX-INT8 / AVX512-VNNI: x as 3 int8 digits per value in panels, the result written in
-// x's dtype by the kernel. 8-bit weights always take the vector kernel.
+// x's dtype by the kernel.
 at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                      const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits,
                      bool tiles_allowed) {
@@ -72,7 +72,7 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
   const int digits = 3, k_step = group_size == 32 ? 32 : 64;
-  const bool use_tiles = tiles_allowed && weight_bits == 4 && M * digits > kVectorDigitRows;
+  const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
   // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
   // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
   const int64_t max_block_rows = 16 / digits, blocks = (M + max_block_rows - 1) / max_block_rows;
@@ -188,7 +188,7 @@ at::Tensor w8a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
   TORCH_CHECK(isa == Isa::kAmx || isa == Isa::kAvx512Vnni, "w8a16_gemm needs AVX512-VNNI (the CPU path now is ",
               isa_name(isa), "); elsewhere hold 8-bit weights as two 4-bit planes (quant.W8A16Linear does)");
   if (x.size(0) == 0) return at::empty({0, out_features}, x.options());
-  return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8, false);
+  return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8, isa == Isa::kAmx);
 }
 
 }  // namespace

@@ -42,7 +42,7 @@ struct AmxArgs {
   const unsigned* qpacked;        // 4-bit: as W4A16Args; 8-bit: [tiles, K/4, 16] words, byte j = k 4 w + j
   const float* scales;            // [tiles, K/G, 16]
   const float* mins;
-  int weight_bits;                // 4 or 8 (8: the vector kernel only)
+  int weight_bits;                // 4 or 8
   void* out;                      // [M, ld_out] in out_dtype, N valid columns
   long ld_out, N;
   int out_dtype, out_elem;        // DtypeCode, bytes per element
