@@ -38,16 +38,21 @@ constexpr int kMaxStepsPerGroup = 2;  // G <= 128, steps of 64 k
 
 // Per-thread scratch, kept between calls (no fresh pages per call). Compiled outside the target
 // region: std::vector's code must not be built with AVX-512 and then shared with the portable paths.
+// Every buffer starts on a 64-byte line: a tile row or vector split over two lines costs two accesses.
 struct Scratch {
-  std::vector<float> y;    // [M][64]: float32 accumulators of the current 4 tiles
-  std::vector<int32_t> c;  // [4][tile rows][16]: one row block's C tiles of a group, for the epilogue
+  std::vector<float> y_storage;  // M * 64 floats and a line of slack for the alignment of y
+  float* y;                      // [M][64]: float32 accumulators of the current 4 tiles
+  alignas(64) int32_t c[kTilesPerBlock * 16 * 16];  // [4][tile rows][16]: one row block's C tiles of a group
   alignas(64) uint8_t b[kTilesPerBlock * kMaxStepsPerGroup][16 * 64];  // one group's B tiles
 };
 
-Scratch& thread_scratch(int M, int tile_rows) {
+Scratch& thread_scratch(int M) {
   thread_local Scratch scratch;
-  if (scratch.y.size() < static_cast<size_t>(M) * 64) scratch.y.resize(static_cast<size_t>(M) * 64);
-  if (scratch.c.size() < static_cast<size_t>(tile_rows) * 64) scratch.c.resize(static_cast<size_t>(tile_rows) * 64);
+  if (scratch.y_storage.size() < static_cast<size_t>(M) * 64 + 16) {
+    scratch.y_storage.resize(static_cast<size_t>(M) * 64 + 16);
+    const auto address = reinterpret_cast<uintptr_t>(scratch.y_storage.data());
+    scratch.y = reinterpret_cast<float*>((address + 63) / 64 * 64);
+  }
   return scratch;
 }
 
@@ -306,8 +311,8 @@ void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long
   const long words_per_8k = nibbles ? NibbleWeights::kWordsPer8K : ByteWeights::kWordsPer8K;
   const long q_tile = (long)K / 8 * words_per_8k, s_tile = (long)groups * kTileN, panel = (long)K * tile_rows;
   const long c_tile = (long)tile_rows * kTileN;  // int32 per C tile in scratch.c: one row block
-  float* yacc = scratch.y.data();
-  int32_t* cbuf = scratch.c.data();
+  float* yacc = scratch.y;
+  int32_t* cbuf = scratch.c;
   configure_tiles(tile_rows, step);
   for (long tile0 = begin; tile0 < end; tile0 += kTilesPerBlock) {
     NextBlockPrefetch next = tile0 + kTilesPerBlock < end
@@ -437,10 +442,10 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
-  Scratch& scratch = thread_scratch(a.M, a.tile_rows);
+  Scratch& scratch = thread_scratch(a.M);
   if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
-  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y.data());
-  vector_tiles<3>(a, NibbleWeights{dq}, begin, end, scratch.y.data());
+  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y);
+  vector_tiles<3>(a, NibbleWeights{dq}, begin, end, scratch.y);
 }
 
 }  // namespace specdec::cpu::amx

@@ -60,8 +60,10 @@ int dtype_code(at::ScalarType t) {
 }
 
 // Up to this many digit rows (x rows times digits) the AMX path runs the VNNI vector kernel: the same
-// exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle.
-constexpr int64_t kVectorDigitRows = 6;
+// exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle. Measured
+// crossovers (Sapphire Rapids class, runner shapes): 4-bit M = 2 -> 3, 8-bit (no unpacking in the vector
+// kernel) M = 6 -> 8.
+constexpr int64_t kVectorDigitRows4 = 6, kVectorDigitRows8 = 18;
 
 // AMX-INT8 / AVX512-VNNI: x as 3 int8 digits per value in panels, the result written in
 // x's dtype by the kernel.
@@ -72,7 +74,7 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
   const int digits = 3, k_step = group_size == 32 ? 32 : 64;
-  const bool use_tiles = tiles_allowed && M * digits > kVectorDigitRows;
+  const bool use_tiles = tiles_allowed && M * digits > (weight_bits == 8 ? kVectorDigitRows8 : kVectorDigitRows4);
   // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
   // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
   const int64_t max_block_rows = 16 / digits, blocks = (M + max_block_rows - 1) / max_block_rows;
