@@ -205,7 +205,7 @@ void configure_tiles() {
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.bytes_per_row[t] = 64;
-  _tile_loadconfig(&cfg);
+  load_tile_config(cfg);
 }
 
 // One column tile (16 keys of S, or 16 dims of O) of R = 1 or 2 row blocks, summed over steps:

@@ -283,7 +283,7 @@ void configure_tiles(int rows, int step) {
   for (int t = 0; t < 4; ++t) cfg.rows[t] = rows, cfg.bytes_per_row[t] = 64;    // C: 16 int32 columns
   for (int t = 4; t < 6; ++t) cfg.rows[t] = rows, cfg.bytes_per_row[t] = step;  // A: step digits
   for (int t = 6; t < 8; ++t) cfg.rows[t] = step / 4, cfg.bytes_per_row[t] = 64;  // B: step / 4 k quads
-  _tile_loadconfig(&cfg);
+  load_tile_config(cfg);
 }
 
 // One k step of the 4 C tiles; A in tmm4 or tmm5 by step parity (the next step's A load need not wait for

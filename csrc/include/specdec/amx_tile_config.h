@@ -11,4 +11,9 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
+// LDTILECFG with the whole 64-byte operand visible to the compiler. GCC 12's _tile_loadconfig names only a
+// pointer-sized operand, so stores to the config's later fields may be dropped or sunk past it (seen: every
+// bytes_per_row left zero, LDTILECFG faulting).
+inline void load_tile_config(const TileConfig& cfg) { asm volatile("ldtilecfg %0" : : "m"(cfg)); }
+
 }  // namespace specdec::cpu
