@@ -17,11 +17,27 @@ def _sync(device: torch.device):
         torch.cuda.synchronize()
 
 
+def last_level_cache_bytes() -> int:
+    """The CPU's largest cache as sysfs reports it (0 when unknown)."""
+    import glob
+
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        with open(path) as f:
+            text = f.read().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=0)
+
+
 class CacheFlusher:
     """Writes a buffer larger than the last-level cache, so that each timed call streams its weights
-    from memory as it would inside a model too large for the cache (and not from the previous call)."""
+    from memory as it would inside a model too large for the cache (and not from the previous call).
+    CPU: twice the last-level cache (some machines have 480 MiB of L3), at least 96 MiB."""
 
-    def __init__(self, device: torch.device, megabytes: int = 96):
+    def __init__(self, device: torch.device, megabytes: Optional[int] = None):
+        if megabytes is None:
+            megabytes = 96 if device.type == "cuda" else max(96, 2 * last_level_cache_bytes() // 2**20)
         self.buffer = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
 
     def __call__(self):
