@@ -201,7 +201,7 @@ class EagleDrafter:
         cand_parent, cand_token, cand_value = [], [], []
         log_p, values = root_log_probs[None], torch.zeros(1)
         frontier, frontier_hidden = [-1], root_hidden[None]  # candidate index per frontier node (-1: the root)
-        fed_ancestors = torch.zeros(0, 0, dtype=torch.bool)  # [fed, fed]: ancestor-or-self among fed tree pairs
+        fed_bits = []  # per fed tree pair: its ancestors-or-self among the fed pairs, bit = row (Python ints)
         fed_row = {}  # candidate index -> its row among the fed tree pairs
         for level in range(depth):
             child_log_p, child_token = log_p.topk(top_k, -1)  # [frontier, top_k]
@@ -215,19 +215,16 @@ class EagleDrafter:
             best = child_value.topk(min(top_k, child_value.numel()))
             parents_hidden = frontier_hidden[best.indices // top_k]
             frontier, values = [first + int(i) for i in best.indices], best.values
-            past, n = fed_ancestors.shape[0], len(frontier)
-            grown = torch.zeros(past + n, past + n, dtype=torch.bool)
-            grown[:past, :past] = fed_ancestors
+            past, n = len(fed_bits), len(frontier)
             for row, cand in enumerate(frontier):
-                if cand_parent[cand] >= 0:  # the root is committed: every pair sees it through the cache
-                    grown[past + row, :past] = fed_ancestors[fed_row[cand_parent[cand]]]
-                grown[past + row, past + row] = True
+                parent = cand_parent[cand]  # the root (-1) is committed: every pair sees it through the cache
+                fed_bits.append((fed_bits[fed_row[parent]] if parent >= 0 else 0) | 1 << (past + row))
                 fed_row[cand] = past + row
-            fed_ancestors = grown
             tokens = self.draft_to_target[torch.tensor([cand_token[cand] for cand in frontier])]
             pairs = torch.cat([self.target.embedding[tokens], parents_hidden], -1)
             positions = torch.full((n,), self.length + level)
-            frontier_hidden = self._layer(pairs, positions, past, tree.pack_bits(grown)[None])
+            mask = torch.tensor([tree.int_rows_to_words(fed_bits, past + n)], dtype=torch.int64)
+            frontier_hidden = self._layer(pairs, positions, past, mask)
             log_p = self._log_probs(frontier_hidden)
         return select_tree(root_token, cand_parent, self.draft_to_target[torch.tensor(cand_token, dtype=torch.long)], cand_value,
                            total_tokens)
@@ -238,9 +235,8 @@ def select_tree(root_token: int, cand_parent: list, cand_token: torch.Tensor, ca
     """EAGLE-2 rerank: the total_tokens - 1 candidates of highest value (ties: created first), sorted by
     creation. Values never increase from a parent to its child and parents are created first, so the
     selection is a connected subtree and creation order is topological."""
-    values = torch.tensor(cand_value)
-    order = torch.sort(values, descending=True, stable=True).indices[: total_tokens - 1]
-    chosen = torch.sort(order).values.tolist()
+    order = sorted(range(len(cand_value)), key=lambda i: -cand_value[i])[: total_tokens - 1]  # stable: ties by creation
+    chosen = sorted(order)
     node_of = {cand: i + 1 for i, cand in enumerate(chosen)}
     parents = [-1] + [node_of[cand_parent[cand]] if cand_parent[cand] >= 0 else 0 for cand in chosen]
     tokens = [root_token] + cand_token[chosen].tolist()
