@@ -4,14 +4,12 @@ import torch
 from conftest import assert_close_to_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from w4a16_samples import SAMPLES, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported
+from w4a16_samples import SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported
 
 from specdec_kernels import ops, reference
 from specdec_kernels.models.layers import W8A16Linear
 
-W8_ISAS = isa_params(ops.W8A16_ISAS)
-HAS_W8 = any(isa_supported(isa) for isa in ops.W8A16_ISAS)
-needs_w8 = pytest.mark.skipif(not HAS_W8, reason="w8a16_gemm needs AVX512-VNNI")
+W8_ISAS = isa_params(W4A16_ISAS)  # the same CPU paths: integer (AMX, VNNI) and float FMA (AVX-512, AVX2, portable)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -43,18 +41,19 @@ def test_matches_reference(isa, n, k, group_size, m, dtype):
     assert_close_to_reference(y, x, w)
 
 
-@needs_w8
-@settings(max_examples=25, deadline=None)
+@pytest.mark.parametrize("isa", W8_ISAS)
+@settings(max_examples=15, deadline=None)
 @given(m=st.integers(1, 40), split=st.integers(0, 40), seed=st.integers(0, 2**16))
-def test_batch_invariance_bitwise(m, split, seed):
+def test_batch_invariance_bitwise(isa, m, split, seed):
     """A row's output does not depend on the rows computed with it (verification == decoding, bitwise)."""
     w = random_w8(85, 192, 64, seed)
     x = torch.randn(m, 192, generator=torch.Generator().manual_seed(seed))
-    batched = run_gemm(x, w)
-    split = min(split, m)
-    parts = [part for part in (x[:split], x[split:]) if part.shape[0]]
-    assert torch.equal(torch.cat([run_gemm(part, w) for part in parts]), batched)
-    assert torch.equal(run_gemm(x[-1:], w), batched[-1:])
+    with cpu_isa(isa):
+        batched = run_gemm(x, w)
+        split = min(split, m)
+        parts = [part for part in (x[:split], x[split:]) if part.shape[0]]
+        assert torch.equal(torch.cat([run_gemm(part, w) for part in parts]), batched)
+        assert torch.equal(run_gemm(x[-1:], w), batched[-1:])
 
 
 @pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
@@ -66,19 +65,17 @@ def test_tile_and_vector_kernels_identical(dtype, group_size):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_linear_paths_agree(dtype):
-    """W8A16Linear on w8a16_gemm and on its two-4-bit-plane fallback compute the same W."""
+def test_linear_paths_agree(dtype, monkeypatch):
+    """W8A16Linear on w8a16_gemm and on its two-4-bit-plane fallback (the path off the CPU) compute the same W."""
     w = random_w8(130, 256, 32)
     x = torch.randn(9, 256).to(dtype)
-    with cpu_isa("avx512" if isa_supported("avx512") else "generic"):
-        planes = W8A16Linear(*w)
-        assert planes.planes is not None
-        y_planes = planes(x)
-    assert_close_to_reference(y_planes, x, w)
-    if HAS_W8:
-        direct = W8A16Linear(*w)
-        assert direct.planes is None and "w8a16_gemm" in repr(direct)
-        assert_close_to_reference(direct(x), x, w)
+    direct = W8A16Linear(*w)
+    assert direct.planes is None and "w8a16_gemm" in repr(direct)
+    assert_close_to_reference(direct(x), x, w)
+    monkeypatch.setattr(ops, "w8a16_supported", lambda device: False)
+    planes = W8A16Linear(*w)
+    assert planes.planes is not None and "two 4-bit planes" in repr(planes)
+    assert_close_to_reference(planes(x), x, w)
 
 
 def test_linear_bias_and_shapes():
@@ -94,7 +91,6 @@ def test_linear_bias_and_shapes():
         W8A16Linear(w[0].int(), *w[1:])
 
 
-@needs_w8
 @pytest.mark.parametrize("n,k,group_size,m", SAMPLES[:3])
 def test_opcheck(n, k, group_size, m):
     qweight, scales, mins, _ = random_w8(n, k, group_size)
@@ -103,14 +99,6 @@ def test_opcheck(n, k, group_size, m):
     torch.library.opcheck(torch.ops.specdec.w8a16_gemm, (torch.randn(m, k), *packed, group_size, n))
 
 
-def test_needs_vnni():
-    w = random_w8(16, 64, 32)
-    packed = ops.w8a16_prepack(*w)
-    with cpu_isa("generic"), pytest.raises(RuntimeError, match="w8a16_gemm needs AVX512-VNNI"):
-        ops.w8a16_gemm(torch.randn(2, 64), *packed, 32, 16)
-
-
-@needs_w8
 def test_rejects_a_4_bit_layout_and_bad_shapes():
     qweight, scales, mins, g = random_w8(32, 128, 32)
     w4_packed = ops.w4a16_prepack(qweight[:, :64].contiguous(), scales, mins, g)

@@ -1,6 +1,6 @@
 // CPU backend of w4a16_prepack / w4a16_gemm and w8a16_prepack / w8a16_gemm: argument checks, the prepack
 // transforms, the run-time ISA choice and the OpenMP split over output tiles. The arithmetic lives in
-// w4a16_kernel.inc (float FMA paths) and w4a16_amx.cpp (integer paths, the only ones 8-bit weights have).
+// w4a16_kernel.inc (float FMA paths) and w4a16_amx.cpp (integer paths), for 4- and 8-bit weights.
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -132,16 +132,10 @@ void check_packed_gemm(const at::Tensor& x, const at::Tensor& packed_qweight, co
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
 }
 
-at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
-  check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8,
-                    "[tiles, K/8, 16] (did you call w4a16_prepack on CPU?)");
-  const int64_t tiles = packed_qweight.size(0), K = x.size(1);
-  const int64_t M = x.size(0);
-  if (M == 0) return at::empty({0, out_features}, x.options());
-  const Isa isa = chosen_matrix_isa();
-  if (isa == Isa::kAmx || isa == Isa::kAvx512Vnni)
-    return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4, isa == Isa::kAmx);
+// The float32 FMA paths (w4a16_kernel.inc): AVX-512, AVX2 and portable.
+at::Tensor gemm_fma(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                    const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits) {
+  const int64_t tiles = packed_qweight.size(0), K = x.size(1), M = x.size(0);
   // Few rows of float32 x are used in place; otherwise a float32 copy with padded rows.
   const bool x_in_place = x.scalar_type() == at::kFloat && x.is_contiguous() && M <= kFewRows;
   const at::Tensor x32 = x_in_place ? x
@@ -156,11 +150,12 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
                        reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
                        packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), y.data_ptr<float>(),
                        y.stride(0)};
+  const bool bytes = weight_bits == 8;
   const auto run = [&]() {
     switch (chosen_isa()) {
-      case Isa::kAvx512: return avx512::w4a16_gemm_tiles;
-      case Isa::kAvx2: return avx2::w4a16_gemm_tiles;
-      default: return generic::w4a16_gemm_tiles;
+      case Isa::kAvx512: return bytes ? avx512::w8a16_gemm_tiles : avx512::w4a16_gemm_tiles;
+      case Isa::kAvx2: return bytes ? avx2::w8a16_gemm_tiles : avx2::w4a16_gemm_tiles;
+      default: return bytes ? generic::w8a16_gemm_tiles : generic::w4a16_gemm_tiles;
     }
   }();
   const int64_t quanta = tiles / kTileQuantum;
@@ -171,6 +166,24 @@ at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
     if (begin < end) run(args, begin, end);
   }
   return y_is_output ? y : y.narrow(1, 0, out_features).to(x.scalar_type()).contiguous();
+}
+
+// The integer paths where the CPU has them, else the FMA paths.
+at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                    const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits) {
+  if (x.size(0) == 0) return at::empty({0, out_features}, x.options());
+  const Isa isa = chosen_matrix_isa();
+  if (isa == Isa::kAmx || isa == Isa::kAvx512Vnni)
+    return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, weight_bits,
+                     isa == Isa::kAmx);
+  return gemm_fma(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, weight_bits);
+}
+
+at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+  check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8,
+                    "[tiles, K/8, 16] (did you call w4a16_prepack on CPU?)");
+  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4);
 }
 
 // 8-bit weights: word (w, c) of a tile = q[c][4w .. 4w + 3], one byte each (VNNI order: no unpacking).
@@ -186,11 +199,7 @@ at::Tensor w8a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight,
                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
   check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4,
                     "[tiles, K/4, 16] (did you call w8a16_prepack on CPU?)");
-  const Isa isa = chosen_matrix_isa();
-  TORCH_CHECK(isa == Isa::kAmx || isa == Isa::kAvx512Vnni, "w8a16_gemm needs AVX512-VNNI (the CPU path now is ",
-              isa_name(isa), "); elsewhere hold 8-bit weights as two 4-bit planes (quant.W8A16Linear does)");
-  if (x.size(0) == 0) return at::empty({0, out_features}, x.options());
-  return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8, isa == Isa::kAmx);
+  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8);
 }
 
 }  // namespace

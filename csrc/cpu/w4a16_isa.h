@@ -18,9 +18,13 @@ struct W4A16Args {
 
 // Computes the output columns of tiles [begin, end); begin and end are multiples of kTileQuantum.
 constexpr long kTileQuantum = 4;  // every ISA's tiles-per-step divides it
-namespace avx512 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
-namespace avx2 { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
-namespace generic { void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); }
+#define SPECDEC_W4A16_DECL                                      \
+  void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); \
+  void w8a16_gemm_tiles(const W4A16Args& a, long begin, long end);  /* 8-bit words, as AmxArgs.qpacked */
+namespace avx512 { SPECDEC_W4A16_DECL }
+namespace avx2 { SPECDEC_W4A16_DECL }
+namespace generic { SPECDEC_W4A16_DECL }
+#undef SPECDEC_W4A16_DECL
 
 // ---- AMX-INT8 / AVX512-VNNI (w4a16_amx.cpp): activations as int8 digits in panels, output in x's dtype.
 enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };

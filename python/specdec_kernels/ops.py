@@ -74,14 +74,12 @@ def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, 
     return x.new_empty((x.shape[0], out_features))
 
 
-# ---------------------------------------------------------------- W8A16 (CPU with AVX512-VNNI)
-# The CPU paths that have w8a16_gemm (integer dot products); quant-free fallbacks live in models.layers.
-W8A16_ISAS = ("amx", "avx512vnni")
-
-
+# ---------------------------------------------------------------- W8A16 (CPU)
+# Every CPU path has w8a16_gemm (integer dot products or float FMAs); elsewhere models.layers.W8A16Linear
+# holds two 4-bit planes.
 def w8a16_supported(device: torch.device) -> bool:
-    """Whether w8a16_gemm runs for tensors on `device` on this machine now."""
-    return device.type == "cpu" and _C.cpu_isa() in W8A16_ISAS
+    """Whether w8a16_gemm runs for tensors on `device`."""
+    return device.type == "cpu"
 
 
 def w8a16_prepack(qweight, scales, mins, group_size: int):

@@ -27,9 +27,9 @@ class SumOfLinears(nn.Module):
 class W8A16Linear(nn.Module):
     """y = x @ W.T + bias, W[n, k] = scales[n, k // G] * q[n, k] + mins[n, k // G], q uint8 [N, K] (0..255).
 
-    One byte per weight through w8a16_gemm where it runs (CPU with AVX512-VNNI: one integer dot product per
-    4 weights); elsewhere two exact 4-bit planes, q = 16 hi + lo: W = (16 scales) hi + mins + scales lo (twice
-    the dot products and 1.5x the bytes). The path is chosen when the module is built or moved."""
+    One byte per weight through w8a16_gemm on CPU (with VNNI one integer dot product per 4 weights); elsewhere
+    (CUDA) two exact 4-bit planes, q = 16 hi + lo: W = (16 scales) hi + mins + scales lo (twice the dot
+    products and 1.5x the bytes). The path is chosen when the module is built or moved."""
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
                  bias: Optional[torch.Tensor] = None):
