@@ -41,7 +41,7 @@ constexpr int kMaxStepsPerGroup = 2;  // G <= 128, steps of 64 k
 // Every buffer starts on a 64-byte line: a tile row or vector split over two lines costs two accesses.
 struct Scratch {
   std::vector<float> y_storage;  // M * 64 floats and a line of slack for the alignment of y
-  float* y;                      // [M][64]: float32 accumulators of the current 4 tiles
+  float* y = nullptr;            // [M][64]: float32 accumulators of the current 4 tiles
   alignas(64) int32_t c[kTilesPerBlock * 16 * 16];  // [4][tile rows][16]: one row block's C tiles of a group
   alignas(64) uint8_t b[kTilesPerBlock * kMaxStepsPerGroup][16 * 64];  // one group's B tiles
 };
