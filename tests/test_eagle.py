@@ -133,6 +133,22 @@ def test_drafter_matches_the_training_head(tiny):
         torch.testing.assert_close(value, expected[0, row], atol=1e-4, rtol=1e-4)
 
 
+def test_unrolled_steps_are_the_drafters_chain(tiny):
+    """Training-time test: step u of the unrolled head at pair j is what the drafter computes at depth u when
+    it drafts a chain along the true tokens after pairs 0..j."""
+    head = random_head(tiny, seed=3)
+    tokens, features = torch.randint(0, 40, (10,)), torch.randn(10, tiny.config.dim)
+    steps = head.unrolled(tiny.embedding[tokens][None], features[None], 3)
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    for j in (0, 4, 7):
+        drafter.reset()
+        hidden, _ = drafter.extend(tokens[: j + 1], features[: j + 1])
+        for step in range(3):
+            if step:
+                hidden, _ = drafter.extend(tokens[j + step: j + step + 1], hidden[None])
+            torch.testing.assert_close(hidden, steps[step][0][0, j], atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- speculative decoding
 @pytest.mark.parametrize("shape", TREE_SHAPES)
 def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape):
@@ -221,15 +237,18 @@ def test_sampling_is_lossless(tiny, trained_head):
 
 
 # ---------------------------------------------------------------- training and the head file
-def test_training_runs_end_to_end(tiny, tmp_path):
+@pytest.mark.parametrize("unroll", [1, 2])
+def test_training_runs_end_to_end(tiny, tmp_path, unroll):
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11], [12, 13, 14], [15]]
     sequences = generate_batch(tiny, prompts, 24)
     assert all(isinstance(s, Sequence) and s.features.shape == (s.tokens.numel(), tiny.config.dim) for s in sequences)
     head = EagleHead.from_target(tiny, torch.arange(40))
-    history = train(head, tiny.embedding, sequences, epochs=6, lr=3e-3, tokens_per_batch=64, log=lambda _: None)
+    history = train(head, tiny.embedding, sequences, epochs=6, lr=3e-3, tokens_per_batch=64, unroll=unroll,
+                    log=lambda _: None)
     assert history[-1] < history[0]
     metrics = evaluate(head, tiny.embedding, sequences)
     assert 0 <= metrics["alpha_1"] <= metrics["top5_recall"] <= 1
+    assert 1 + metrics["alpha_1"] <= metrics["chain3_tokens"] <= 1 + 3 * metrics["alpha_1"]
     path = str(tmp_path / "tiny.eagle.pt")
     head.save(path, note="test")
     loaded = EagleHead.load(path, tiny)

@@ -56,6 +56,22 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     raise TypeError(f"cannot read the weight of a {type(layer).__name__}")
 
 
+def chain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chain_k: list, chain_v: list) -> torch.Tensor:
+    """Query j [B, H, T, D] attends causally to k, v [B, Hkv, T, D] (rows 0..j) and to row j of each chain
+    step's keys and values (the draft pairs between it and the context) -> [B, H, T, D]."""
+    groups, t = q.shape[1] // k.shape[1], q.shape[2]
+
+    def expand(x):  # query head h reads kv head h // groups, as SDPA's enable_gqa
+        return x.repeat_interleave(groups, 1)
+
+    scale = q.shape[-1] ** -0.5
+    scores = (q @ expand(k).transpose(-1, -2) * scale).masked_fill(
+        ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    own = [(q * expand(key)).sum(-1, keepdim=True) * scale for key in chain_k]
+    p = torch.softmax(torch.cat([scores] + own, -1), -1)
+    return p[..., :t] @ expand(v) + sum(p[..., t + i, None] * expand(value) for i, value in enumerate(chain_v))
+
+
 class EagleHead(nn.Module):
     """The trainable head in plain PyTorch (autograd, causal SDPA); `EagleDrafter` runs it on the ops."""
 
@@ -91,19 +107,36 @@ class EagleHead(nn.Module):
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor):
         """embeds, features [B, T, dim] (pair j at position j, causal) -> (f' [B, T, dim], logits [B, T, Vd])."""
+        return self.unrolled(embeds, features, 1)[0]
+
+    def unrolled(self, embeds: torch.Tensor, features: torch.Tensor, steps: int) -> list:
+        """Training-time test: step 0 is the teacher-forced pass; step u >= 1 feeds pair j the token x_{j+1+u}
+        with step u-1's own f' at position j + u, as the drafter does at depth u along the true path: it sees
+        the teacher-forced pairs 0..j and pair j of steps 1..u (its chain). -> [(f', logits)] per step; step
+        u's last u rows are padding."""
         c = self.config
         batch, t, _ = embeds.shape
-        x = self.fc(torch.cat([embeds, features], -1))
-        q, k, v = self.wqkv(x).split([c.dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim], -1)
-        rotations = rope_tables(c, torch.arange(t).expand(batch, t))
-        q = apply_rope(q.reshape(batch, t, c.n_heads, c.head_dim), rotations).transpose(1, 2)
-        k = apply_rope(k.reshape(batch, t, c.n_kv_heads, c.head_dim), rotations).transpose(1, 2)
-        v = v.reshape(batch, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        x = x + self.wo(attn.transpose(1, 2).reshape(batch, t, c.dim))
-        gate, up = self.w_gate_up(rms_norm(x, self.ffn_norm, c.norm_eps)).chunk(2, -1)
-        x = x + self.w_down(F.silu(gate) * up)
-        return x, x @ self.lm_rows.T
+        outputs, chain_k, chain_v = [], [], []
+        for step in range(steps):
+            if step:
+                embeds, features = F.pad(embeds[:, 1:], (0, 0, 0, 1)), outputs[-1][0]
+            x = self.fc(torch.cat([embeds, features], -1))
+            q, k, v = self.wqkv(x).split([c.dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim], -1)
+            rotations = rope_tables(c, torch.arange(step, step + t).expand(batch, t))
+            q = apply_rope(q.reshape(batch, t, c.n_heads, c.head_dim), rotations).transpose(1, 2)
+            k = apply_rope(k.reshape(batch, t, c.n_kv_heads, c.head_dim), rotations).transpose(1, 2)
+            v = v.reshape(batch, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+            if step == 0:
+                attn, context = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), (k, v)
+            else:
+                chain_k.append(k)
+                chain_v.append(v)
+                attn = chain_attention(q, *context, chain_k, chain_v)
+            x = x + self.wo(attn.transpose(1, 2).reshape(batch, t, c.dim))
+            gate, up = self.w_gate_up(rms_norm(x, self.ffn_norm, c.norm_eps)).chunk(2, -1)
+            x = x + self.w_down(F.silu(gate) * up)
+            outputs.append((x, x @ self.lm_rows.T))
+        return outputs
 
     # ------------------------------------------------------------ file format
     def save(self, path: str, **metadata) -> None:

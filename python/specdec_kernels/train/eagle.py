@@ -8,8 +8,10 @@
 2. The draft vocabulary: the most frequent tokens of the answers.
 3. The head learns f_{j+1} from (x_{j+1}, f_j):
    SmoothL1 on the feature + CE against the target's distribution over the draft vocabulary, uniform noise
-   on the input features; loss on answer positions only.
-4. Held-out prompts (5%) report alpha_1 (the draft's top-1 = the target's next token) and top-k recall.
+   on the input features; loss on answer positions only. `--unroll U` adds U - 1 steps on the head's own
+   features, fed as the drafter feeds them at depth 1, 2, ... (training-time test).
+4. Held-out prompts (5%) report alpha_1 (the draft's top-1 = the target's next token), top-k recall and the
+   expected tokens per step of a chain of 3 drafts.
 """
 import argparse
 import math
@@ -116,15 +118,24 @@ def pair_batch(head: EagleHead, embedding: torch.Tensor, sequences: list):
     return embeds, features, targets, mask, next_tokens
 
 
-def losses(head: EagleHead, batch, noise: float, ce_weight: float):
+def shifted(x: torch.Tensor, step: int, fill=0) -> torch.Tensor:
+    """x [B, L, ...] moved `step` rows earlier along L, rows of `fill` at the end."""
+    return torch.cat([x[:, step:], x.new_full((x.shape[0], step, *x.shape[2:]), fill)], 1) if step else x
+
+
+def losses(head: EagleHead, batch, noise: float, ce_weight: float, unroll: int = 1):
+    """Mean over the unrolled steps (EagleHead.unrolled) of SmoothL1(f', f) + ce_weight * CE; step u's pair j
+    predicts f_{j+1+u}, the target of pair j + u."""
     embeds, features, targets, mask, _ = batch
     if noise > 0:
         features = features + (torch.rand_like(features) * 2 - 1) * noise
-    predicted, logits = head(embeds, features)
-    with torch.no_grad():
-        target_p = torch.softmax(targets @ head.lm_rows.T, -1)
-    feature_loss = F.smooth_l1_loss(predicted[mask], targets[mask])
-    token_loss = -(target_p[mask] * torch.log_softmax(logits[mask], -1)).sum(-1).mean()
+    feature_loss = token_loss = 0.0
+    for step, (predicted, logits) in enumerate(head.unrolled(embeds, features, unroll)):
+        step_mask, step_targets = shifted(mask, step), shifted(targets, step)
+        with torch.no_grad():
+            target_p = torch.softmax(step_targets[step_mask] @ head.lm_rows.T, -1)
+        feature_loss = feature_loss + F.smooth_l1_loss(predicted[step_mask], step_targets[step_mask]) / unroll
+        token_loss = token_loss - (target_p * torch.log_softmax(logits[step_mask], -1)).sum(-1).mean() / unroll
     return feature_loss + ce_weight * token_loss, feature_loss, token_loss
 
 
@@ -144,8 +155,9 @@ def batches(sequences: list, tokens_per_batch: int, rng: random.Random) -> list:
 
 def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int, lr: float = 1e-3,
           tokens_per_batch: int = 4096, noise: float = 0.1, ce_weight: float = 0.1, seed: int = 0,
-          bf16: bool = False, log=print) -> list:
-    """AdamW with a cosine schedule (5% warm-up); returns the mean loss of each epoch."""
+          bf16: bool = False, unroll: int = 1, log=print) -> list:
+    """AdamW with a cosine schedule (5% warm-up); returns the mean loss of each epoch. unroll > 1 also trains
+    on the head's own features for unroll - 1 further steps (EagleHead.unrolled)."""
     from tqdm import tqdm
 
     rng = random.Random(seed)
@@ -163,7 +175,8 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
         progress = tqdm(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
         for group in progress:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight)
+                loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight,
+                                                         unroll)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 0.5)
@@ -178,20 +191,27 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
 
 
 @torch.no_grad()
-def evaluate(head: EagleHead, embedding: torch.Tensor, sequences: list, top_k: int = 5) -> dict:
-    """Teacher-forced acceptance on answer positions: alpha_1 = P(draft top-1 == the target's next token)
-    and the top-k recall (the next token among the draft's k best)."""
-    hits = recall = positions = 0
+def evaluate(head: EagleHead, embedding: torch.Tensor, sequences: list, top_k: int = 5, chain: int = 3) -> dict:
+    """Teacher-forced acceptance on answer positions: alpha_1 = P(draft top-1 == the target's next token),
+    the top-k recall (the next token among the draft's k best), and the expected tokens per step of a chain
+    of `chain` drafts on the head's own features (bonus included): 1 + P(1st hit) + P(1st and 2nd hit) + ..."""
+    hits = recall = positions = chain_tokens = 0
     for group in batches(sequences, 8192, random.Random(0)):
         embeds, features, _, mask, next_tokens = pair_batch(head, embedding, group)
-        _, logits = head(embeds, features)
+        steps = head.unrolled(embeds, features, chain)
         valid = mask & (next_tokens >= 0)
-        best = head.draft_to_target[logits.topk(top_k, -1).indices]  # [B, L, k]
+        best = head.draft_to_target[steps[0][1].topk(top_k, -1).indices]  # [B, L, k]
         truth = next_tokens[..., None]
         hits += int((best[..., 0:1] == truth)[valid].sum())
         recall += int((best == truth).any(-1)[valid].sum())
         positions += int(valid.sum())
-    return {"alpha_1": hits / positions, f"top{top_k}_recall": recall / positions, "positions": positions}
+        alive = valid.clone()
+        for step, (_, logits) in enumerate(steps):
+            truth = shifted(next_tokens, step, -1)
+            alive &= (head.draft_to_target[logits.argmax(-1)] == truth) & (truth >= 0)
+            chain_tokens += int(alive.sum())
+    return {"alpha_1": hits / positions, f"top{top_k}_recall": recall / positions,
+            f"chain{chain}_tokens": 1 + chain_tokens / positions, "positions": positions}
 
 
 # ---------------------------------------------------------------- command line
@@ -203,12 +223,15 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
     parser.add_argument("--limit", type=int, help="use only this many round-one conversations")
+    parser.add_argument("--topic-prompts", type=int, default=1800, help="round-one questions drawn from topics x templates")
     parser.add_argument("--draft-vocab", type=int, default=8192)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--ce-weight", type=float, default=0.1)
+    parser.add_argument("--unroll", type=int, default=1, help="train this many draft steps deep on the head's "
+                        "own features (1: teacher-forced only)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this share of the data")
@@ -231,7 +254,7 @@ def main(argv=None):
         print(f"read {len(sequences)} sequences from {args.data}")
     else:
         tokenizer = load_tokenizer(path)
-        first = round_one()[: args.limit]
+        first = round_one(topic_prompts=args.topic_prompts)[: args.limit]
         answered = collect(target, tokenizer, first, args.max_new_tokens, args.batch_size, "round 1")
         texts = [(m, tokenizer.decode(s.tokens[s.answer_start:], skip_special_tokens=True)) for m, s in answered]
         second = collect(target, tokenizer, round_two(texts), args.max_new_tokens, args.batch_size, "round 2")
@@ -250,7 +273,7 @@ def main(argv=None):
     print(f"draft vocabulary {head.config.vocab_size}: covers {covered.float().mean():.1%} of held-out answer tokens")
     print("before training:", evaluate(head, target.embedding, held_out))
     history = train(head, target.embedding, training, args.epochs, args.lr, args.tokens_per_batch, args.noise,
-                    args.ce_weight, bf16=args.bf16)
+                    args.ce_weight, bf16=args.bf16, unroll=args.unroll)
     metrics = evaluate(head, target.embedding, held_out)
     print("held out:", metrics)
     head.save(args.out, command=" ".join(["python -m specdec_kernels.train.eagle"] + (argv or sys.argv[1:])),
