@@ -236,6 +236,8 @@ def main(argv=None):
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this share of the data")
     args = parser.parse_args(argv)
+    if args.unroll < 1:
+        parser.error(f"--unroll must be at least 1, got {args.unroll}")
 
     import os
 
