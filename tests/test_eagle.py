@@ -243,9 +243,11 @@ def test_training_runs_end_to_end(tiny, tmp_path, unroll):
     sequences = generate_batch(tiny, prompts, 24)
     assert all(isinstance(s, Sequence) and s.features.shape == (s.tokens.numel(), tiny.config.dim) for s in sequences)
     head = EagleHead.from_target(tiny, torch.arange(40))
+    lines = []
     history = train(head, tiny.embedding, sequences, epochs=6, lr=3e-3, tokens_per_batch=64, unroll=unroll,
-                    log=lambda _: None)
+                    log=lines.append, after_epoch=lambda: f"training {head.training}")
     assert history[-1] < history[0]
+    assert lines == [f"epoch {e + 1}: mean loss {loss:.4f}, training False" for e, loss in enumerate(history)]
     metrics = evaluate(head, tiny.embedding, sequences)
     assert 0 <= metrics["alpha_1"] <= metrics["top5_recall"] <= 1
     assert 1 + metrics["alpha_1"] <= metrics["chain3_tokens"] <= 1 + 3 * metrics["alpha_1"]
