@@ -13,6 +13,7 @@ from specdec_kernels.drafters.eagle import dense_weight
 from specdec_kernels.generate import generate, speculative_generate
 from specdec_kernels.models import embedded_model_path, load_gguf
 from specdec_kernels.train.eagle import Sequence, evaluate, generate_batch, train
+from specdec_kernels.train.eagle import main as train_main
 
 TREE_SHAPES = [dict(total_tokens=10, depth=3, draft_top_k=3), dict(total_tokens=5, depth=4, draft_top_k=1),
                dict(total_tokens=24, depth=5, draft_top_k=4)]
@@ -257,6 +258,14 @@ def test_training_runs_end_to_end(tiny, tmp_path, unroll):
     assert loaded.metadata == {"note": "test"}
     x, f = tiny.embedding[sequences[0].tokens[1:]][None], sequences[0].features[:-1].float()[None]
     torch.testing.assert_close(loaded(x, f)[0], head(x, f)[0], atol=2e-2, rtol=2e-2)  # float16 file
+
+
+@pytest.mark.parametrize("flags, message", [(["--unroll", "0"], "--unroll must be at least 1"),
+                                            (["--eval-prompts", "missing.jsonl"], "missing.jsonl: no such file")])
+def test_training_command_refuses_bad_flags(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "h.eagle.pt")] + flags)
+    assert message in capsys.readouterr().err
 
 
 def test_head_for_another_model_is_refused(tiny, tmp_path):

@@ -17,6 +17,7 @@
 """
 import argparse
 import math
+import os
 import random
 import sys
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from specdec_kernels.bench.e2e import DEFAULT_PROMPTS
+from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, load_prompts
 from specdec_kernels.drafters.eagle import EagleHead
 
 
@@ -97,8 +98,6 @@ def collect(model, tokenizer, conversations: list, max_new_tokens: int, batch_si
 def unseen_prompt_sequences(model, tokenizer, path: str, max_new_tokens: int, batch_size: int) -> list:
     """The target's answers to the first turns of an end-to-end prompt file (none of them in train/prompts.py):
     acceptance on them predicts decoding; the random held-out split shares topics and templates with training."""
-    from specdec_kernels.bench.e2e import load_prompts
-
     conversations = [[{"role": "user", "content": item["turns"][0]}] for item in load_prompts(path)]
     return [s for _, s in collect(model, tokenizer, conversations, max_new_tokens, batch_size, "unseen prompts")]
 
@@ -250,8 +249,8 @@ def main(argv=None):
     parser.add_argument("--ce-weight", type=float, default=0.1)
     parser.add_argument("--unroll", type=int, default=1, help="train this many draft steps deep on the head's "
                         "own features (1: teacher-forced only)")
-    parser.add_argument("--eval-prompts", default=DEFAULT_PROMPTS, help="also report acceptance on the target's "
-                        "answers to these prompts' first turns after each epoch ('' to skip)")
+    parser.add_argument("--eval-prompts", help="also report acceptance on the target's answers to these prompts' "
+                        f"first turns after each epoch (default: {DEFAULT_PROMPTS} where it exists; '' to skip)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--init", help="go on training this head (.eagle.pt; its draft vocabulary is kept)")
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
@@ -259,8 +258,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.unroll < 1:
         parser.error(f"--unroll must be at least 1, got {args.unroll}")
-
-    import os
+    if args.eval_prompts is None:
+        args.eval_prompts = DEFAULT_PROMPTS if os.path.exists(DEFAULT_PROMPTS) else ""
+    if args.eval_prompts and not os.path.exists(args.eval_prompts):
+        parser.error(f"--eval-prompts {args.eval_prompts}: no such file")
 
     from specdec_kernels.hf import load_tokenizer
     from specdec_kernels.models import embedded_model_path, load_model
@@ -293,10 +294,10 @@ def main(argv=None):
     training = training[: int(len(training) * args.train_fraction)]
     if args.init:
         head = EagleHead.load(args.init, target)
-        head.metadata = {"init": args.init, "init_command": head.metadata.get("command")}
+        lineage = {"init": args.init, "init_command": head.metadata.get("command")}
     else:
         head = EagleHead.from_target(target, draft_vocabulary(training, args.draft_vocab), args.copy_last_layer)
-        head.metadata = {}
+        lineage = {}
     covered = torch.isin(torch.cat([s.tokens[s.answer_start:] for s in held_out]), head.draft_to_target)
     print(f"draft vocabulary {head.config.vocab_size}: covers {covered.float().mean():.1%} of held-out answer tokens")
     unseen = (unseen_prompt_sequences(target, tokenizer, args.eval_prompts, args.max_new_tokens, args.batch_size)
@@ -317,7 +318,7 @@ def main(argv=None):
         print(f"unseen prompts ({args.eval_prompts}, first turns):", unseen_metrics)
     head.save(args.out, command=" ".join(["python -m specdec_kernels.train.eagle"] + (argv or sys.argv[1:])),
               held_out=metrics, unseen_prompts=unseen_metrics, losses=history, sequences=len(sequences),
-              answer_tokens=answer_tokens, minutes=(time.time() - started) / 60, **head.metadata)
+              answer_tokens=answer_tokens, minutes=(time.time() - started) / 60, **lineage)
     print(f"wrote {args.out} after {(time.time() - started) / 60:.1f} min")
     return 0
 
