@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "specdec/amx_tile_config.h"
@@ -190,36 +191,38 @@ class NextBlockPrefetch {
   long line_ = 0;
 };
 
-// ROWS x rows (R = ROWS * D digit rows) x T tiles, int32 sums in registers (R T sums + T weight words
-// + R digit quads <= 32).
-template <int ROWS, int D, int T, class Weights>
+// ROWS x rows (R = ROWS * D digit rows) x T tiles, int32 sums in registers: R T sums, T weight rows and one
+// digit broadcast at a time (<= 32 with the Dequantizer's constants). STEP (a.k_step) is a compile-time
+// constant so that every digit row's address is the block's base plus an immediate: with a run-time step
+// the 9 row offsets of a 3-row block and the 18 sums did not fit the registers (sums spilled every 8 k,
+// an idiv per 8 k; the M >= 2 kernel ran at ~37% of VPDPBUSD peak on Zen 5).
+template <int ROWS, int D, int T, int STEP, class Weights>
 void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0, float* yacc, NextBlockPrefetch& next) {
   constexpr int R = ROWS * D;
-  const int groups = a.K / a.group_size, step = a.k_step;
+  const int groups = a.K / a.group_size, steps_per_group = a.group_size / STEP;
   const long q_tile = (long)a.K / 8 * Weights::kWordsPer8K, s_tile = (long)groups * kTileN;
+  const long step_bytes = (long)a.tile_rows * STEP;  // one k step of every digit row
+  const int8_t* block_digits = a.panels + (long)row0 * D * STEP;
   for (int g = 0; g < groups; ++g) {
     __m512i acc[R][T];
     for (int r = 0; r < R; ++r)
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
-    for (int kb = g * a.group_size / 8; kb < (g + 1) * a.group_size / 8; ++kb) {
-      const int ks = kb * 8 / step, in_step = kb * 8 % step;  // digits of k 8 kb.. at panel step ks
-      const int8_t* digits = a.panels + ((long)ks * a.tile_rows + (long)row0 * D) * step + in_step;  // one block
-      next.issue();
-      typename Weights::Block w[T];
-      for (int t = 0; t < T; ++t) {
-        const unsigned* src = a.qpacked + (tile0 + t) * q_tile + (long)kb * Weights::kWordsPer8K;
-        w[t] = Weights::load(src);
-      }
-      for (int h = 0; h < 2; ++h) {
-        __m512i x4[R];  // 4 digits of k 8 kb + 4h .., broadcast
-        for (int r = 0; r < R; ++r) {
-          int32_t quad;
-          std::memcpy(&quad, digits + (long)r * step + 4 * h, 4);
-          x4[r] = _mm512_set1_epi32(quad);
-        }
-        for (int t = 0; t < T; ++t) {
-          const __m512i q = weights.row(w[t], h);
-          for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], q, x4[r]);
+    for (int ks = g * steps_per_group; ks < (g + 1) * steps_per_group; ++ks) {
+      const int8_t* digits = block_digits + ks * step_bytes;  // digit row r, k ks STEP + i at r STEP + i
+      for (int in_step = 0; in_step < STEP; in_step += 8) {
+        const long kb = ((long)ks * STEP + in_step) / 8;
+        next.issue();
+        typename Weights::Block w[T];
+        for (int t = 0; t < T; ++t) w[t] = Weights::load(a.qpacked + (tile0 + t) * q_tile + kb * Weights::kWordsPer8K);
+        for (int h = 0; h < 2; ++h) {
+          __m512i q[T];
+          for (int t = 0; t < T; ++t) q[t] = weights.row(w[t], h);
+          for (int r = 0; r < R; ++r) {
+            int32_t quad;  // 4 digits of k 8 kb + 4h ..
+            std::memcpy(&quad, digits + r * STEP + in_step + 4 * h, 4);
+            const __m512i x4 = _mm512_set1_epi32(quad);
+            for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], q[t], x4);
+          }
         }
       }
     }
@@ -239,7 +242,7 @@ void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0
 // One row: 4 tiles at a time (4 R independent sums); more rows: blocks of 3 rows x 2 tiles (a weight row
 // feeds 3 D sums; 18 accumulators), then 2 + 2 or 2 or 1. Three rows in one pass instead of 2 + 1: the
 // runner's T = 3 forward went from ~1.3x to ~1.2x its T = 2 forward (Zen 5, alternating processes).
-template <int D, class Weights>
+template <int D, int STEP, class Weights>
 void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
   const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
   const auto next_block = [&](long tile0, int tiles, int passes) {
@@ -249,7 +252,7 @@ void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end
   if (a.M == 1) {
     for (long tile0 = begin; tile0 < end; tile0 += 4) {
       NextBlockPrefetch next = next_block(tile0, 4, 1);
-      vector_block<1, D, 4>(a, weights, 0, tile0, yacc, next);
+      vector_block<1, D, 4, STEP>(a, weights, 0, tile0, yacc, next);
       write_out(a, yacc, 0, 1, tile0, 4);
     }
     return;
@@ -259,15 +262,15 @@ void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end
     for (int row = 0; row < a.M;) {
       const int left = a.M - row;
       if (left == 3 || left > 4) {
-        vector_block<3, D, 2>(a, weights, row, tile0, yacc, next);
+        vector_block<3, D, 2, STEP>(a, weights, row, tile0, yacc, next);
         write_out(a, yacc, row, 3, tile0, 2);
         row += 3;
       } else if (left >= 2) {  // 4 rows as 2 + 2, not 3 + a lone row
-        vector_block<2, D, 2>(a, weights, row, tile0, yacc, next);
+        vector_block<2, D, 2, STEP>(a, weights, row, tile0, yacc, next);
         write_out(a, yacc, row, 2, tile0, 2);
         row += 2;
       } else {
-        vector_block<1, D, 2>(a, weights, row, tile0, yacc, next);
+        vector_block<1, D, 2, STEP>(a, weights, row, tile0, yacc, next);
         write_out(a, yacc, row, 1, tile0, 2);
         row += 1;
       }
@@ -444,8 +447,13 @@ void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M);
   if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
-  if (a.weight_bits == 8) return vector_tiles<3>(a, ByteWeights{}, begin, end, scratch.y);
-  vector_tiles<3>(a, NibbleWeights{dq}, begin, end, scratch.y);
+  const auto vector = [&](const auto& weights) {  // k steps of 32 (G = 32) or 64
+    using W = std::decay_t<decltype(weights)>;
+    a.k_step == 32 ? vector_tiles<3, 32, W>(a, weights, begin, end, scratch.y)
+                   : vector_tiles<3, 64, W>(a, weights, begin, end, scratch.y);
+  };
+  if (a.weight_bits == 8) return vector(ByteWeights{});
+  vector(NibbleWeights{dq});
 }
 
 }  // namespace specdec::cpu::amx
