@@ -278,7 +278,8 @@ def main(argv=None):
         sequences = [Sequence(*fields) for fields in zip(saved["tokens"], saved["features"], saved["answer_start"])]
         print(f"read {len(sequences)} sequences from {args.data}")
     else:
-        first = round_one(topic_prompts=args.topic_prompts)[: args.limit]
+        measured_on = [item["turns"][0] for item in load_prompts(args.eval_prompts)] if args.eval_prompts else []
+        first = round_one(topic_prompts=args.topic_prompts, exclude=measured_on)[: args.limit]
         answered = collect(target, tokenizer, first, args.max_new_tokens, args.batch_size, "round 1")
         texts = [(m, tokenizer.decode(s.tokens[s.answer_start:], skip_special_tokens=True)) for m, s in answered]
         second = collect(target, tokenizer, round_two(texts), args.max_new_tokens, args.batch_size, "round 2")

@@ -2,11 +2,15 @@
 task mix of the end-to-end prompts (writing, multi-turn, coding, translation, summarization, QA, math, RAG)
 but none of their questions.
 
-Round 1 asks single questions (and asks the target to write questions); round 2 builds on round 1's answers:
-the target's own questions, follow-up turns (multi-turn), and summaries, questions and translations over the
-paragraphs the target wrote (summarization, RAG, translation).
+Round 1 asks single questions (and asks the target to write questions) and sets tasks over the human-written
+texts of train/everyday.py; round 2 builds on round 1's answers: the target's own questions, follow-up turns
+(multi-turn), and summaries, questions and translations over the paragraphs the target wrote (summarization,
+RAG, translation).
 """
 import random
+import re
+
+from .everyday import PASSAGES, QUESTIONS, READING, SENTENCES
 
 TOPICS = [
     "the moon", "volcanoes", "honey bees", "the internet", "rainforests", "electric cars", "chess", "coffee",
@@ -89,7 +93,15 @@ MATH = [
     "A train travels {a} kilometers per hour for {b} hours. How far does it go?",
     "What is {b} percent of {big}?", "Is {big} an even number? Explain.",
     "A box holds {b} pencils. How many boxes do I need for {big} pencils?", "What is the square of {a}?",
+    "Solve for x: {b}x + {a} = {linear}.", "What is the square root of {square}?",
+    "If a {item} costs {price} dollars and is {percent} percent off, what is the price?",
+    "If I have {big} {things} and give away {b}, how many are left?", "What is the sum of the angles of a {polygon}?",
+    "What is the area of a rectangle that is {a} meters long and {b} meters wide?", "How many minutes are in {b} hours?",
+    "What is the perimeter of a square with sides of {a} centimeters?", "What is {a} squared minus {b}?",
 ]
+ITEMS = ["book", "lamp", "jacket", "backpack", "chair", "watch", "pair of shoes", "bicycle", "pizza", "ticket"]
+THINGS = ["cookies", "marbles", "stickers", "pencils", "oranges", "cards", "balloons", "coins", "candies", "books"]
+POLYGONS = ["square", "rectangle", "pentagon", "hexagon", "quadrilateral", "octagon"]
 
 FOLLOW_UPS = [
     "Now make it shorter.", "Rewrite it for a young child.", "Make it more formal.", "Can you make it funnier?",
@@ -103,21 +115,45 @@ OVER_PASSAGE = [
     "Read this and give it a title: {passage}",
 ]
 TARGET_LANGUAGES = ["French", "Spanish", "German", "Italian"]
+SUMMARY_STYLES = ["Summarize: {passage}", "Summarize in one sentence: {passage}", "Summarize in a few words: {passage}"]
+# Round one's tasks over given text; round two does not build on their answers (translations, summaries).
+TEXT_TASKS = ("Translate to", "Summarize", "Context:")
 
 
-def round_one(seed: int = 0, topic_prompts: int = 1800) -> list:
-    """Single-turn conversations: [{"role": "user", "content": ...}] each."""
+def everyday_tasks(rng: random.Random) -> list:
+    """Tasks over the human-written texts of train/everyday.py: each sentence translated, each passage
+    summarized in two styles, each reading context asked its question, each question asked."""
+    texts = [f"Translate to {rng.choice(TARGET_LANGUAGES)}: {sentence}" for sentence in SENTENCES]
+    texts += [style.format(passage=passage) for passage in PASSAGES for style in rng.sample(SUMMARY_STYLES, 2)]
+    texts += [f"Context: {context} Question: {question}" for context, question in READING]
+    return texts + list(QUESTIONS)
+
+
+def same_words(text: str) -> str:
+    """A text's words, lowercased and sorted: two prompts that differ only in case, punctuation or word order
+    match."""
+    return " ".join(sorted(re.findall(r"[a-z0-9]+", text.lower())))
+
+
+def round_one(seed: int = 0, topic_prompts: int = 1800, exclude=()) -> list:
+    """Single-turn conversations: [{"role": "user", "content": ...}] each; none with the words of a text in
+    `exclude` (the prompts acceptance is measured on: a template can produce one, e.g. "What is {topic}?")."""
     rng = random.Random(seed)
     texts = rng.sample([t.format(topic=topic) for topic in TOPICS for t in SINGLE_TURN], topic_prompts)
     texts += [SELF_INSTRUCT.format(topic=topic) for topic in TOPICS]
     texts += [s.format(language=lang, task=task) for task in CODING for lang in LANGUAGES for s in CODING_STYLES
               if rng.random() < 0.3]
     texts += [s.format(concept=c, language=rng.choice(LANGUAGES)) for c in CONCEPTS for s in CONCEPT_STYLES]
-    for _ in range(300):
+    for _ in range(600):
         a, b = rng.randint(2, 60), rng.randint(2, 30)
-        texts.append(rng.choice(MATH).format(a=a, b=b, big=a * b + rng.randint(0, 99)))
+        texts.append(rng.choice(MATH).format(
+            a=a, b=b, big=a * b + rng.randint(0, 99), linear=b * rng.randint(1, 20) + a,
+            square=rng.randint(2, 30) ** 2, item=rng.choice(ITEMS), price=5 * rng.randint(2, 40),
+            percent=rng.choice([10, 20, 25, 30, 40, 50]), things=rng.choice(THINGS), polygon=rng.choice(POLYGONS)))
+    texts += everyday_tasks(rng)
     rng.shuffle(texts)
-    return [[{"role": "user", "content": text}] for text in texts]
+    excluded = {same_words(text) for text in exclude}
+    return [[{"role": "user", "content": text}] for text in texts if same_words(text) not in excluded]
 
 
 def round_two(answered: list, seed: int = 1) -> list:
@@ -128,6 +164,8 @@ def round_two(answered: list, seed: int = 1) -> list:
         if messages[0]["content"].startswith(SELF_INSTRUCT.split("{")[0]):  # the target's question, asked back
             if answer.strip().endswith("?") and len(answer) < 300:
                 conversations.append([{"role": "user", "content": answer.strip()}])
+            continue
+        if messages[0]["content"].startswith(TEXT_TASKS):
             continue
         choice = rng.random()
         if choice < 0.35:

@@ -1,0 +1,52 @@
+"""The draft head's training prompts stay apart from the end-to-end prompts that measure it: acceptance on
+those prompts is reported as acceptance on unseen text, so none of them (nor a close copy) may be trained on."""
+import re
+
+from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, load_prompts
+from specdec_kernels.train import everyday, prompts
+
+
+def words(text: str) -> set:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def e2e_first_turns() -> list:
+    return [item["turns"][0] for item in load_prompts(DEFAULT_PROMPTS)]
+
+
+def test_round_one_leaves_out_the_measured_prompts():
+    turns = e2e_first_turns()
+    made = {prompts.same_words(m[0]["content"]) for m in prompts.round_one()}
+    assert {"is photosynthesis what", "144 is of root square the what"} <= made  # templates do produce some
+    kept = {prompts.same_words(m[0]["content"]) for m in prompts.round_one(exclude=turns)}
+    assert not kept & {prompts.same_words(turn) for turn in turns}
+    assert len(made) - len(kept) == len(made & {prompts.same_words(turn) for turn in turns})
+
+
+def test_everyday_texts_are_not_close_copies_of_end_to_end_texts():
+    # Passages and reading contexts share at most 0.5 of their words with an end-to-end text (after its task
+    # prefix: "Summarize:", "Context:"); short sentences and questions may share a template ("What is the
+    # capital of ...?"), not all their words.
+    bodies = [words(re.sub(r"^[^:]*:", "", turn)) for turn in e2e_first_turns()]
+    passages = list(everyday.PASSAGES) + [f"{context} {question}" for context, question in everyday.READING]
+    closest = max(len(words(text) & body) / len(words(text) | body) for text in passages for body in bodies)
+    assert closest < 0.5, closest
+    short = {prompts.same_words(text) for text in everyday.SENTENCES + everyday.QUESTIONS}
+    assert not short & {prompts.same_words(" ".join(body)) for body in bodies}
+
+
+def test_everyday_lists_are_distinct_and_all_used():
+    for name in ("SENTENCES", "PASSAGES", "QUESTIONS", "READING"):
+        items = getattr(everyday, name)
+        assert len(items) == len(set(items)) >= 200, name
+    tasks = prompts.everyday_tasks(prompts.random.Random(0))
+    assert len(tasks) == len(everyday.SENTENCES) + 2 * len(everyday.PASSAGES) + len(everyday.READING) + len(
+        everyday.QUESTIONS)
+    assert len(set(tasks)) == len(tasks)
+
+
+def test_round_two_does_not_build_on_text_tasks():
+    tasks = [text for text in prompts.everyday_tasks(prompts.random.Random(0)) if text.startswith(prompts.TEXT_TASKS)]
+    assert len(tasks) == len(everyday.SENTENCES) + 2 * len(everyday.PASSAGES) + len(everyday.READING)
+    answered = [([{"role": "user", "content": text}], "Une longue reponse. " * 10) for text in tasks]
+    assert prompts.round_two(answered) == []
