@@ -250,7 +250,8 @@ def main(argv=None):
     parser.add_argument("--unroll", type=int, default=1, help="train this many draft steps deep on the head's "
                         "own features (1: teacher-forced only)")
     parser.add_argument("--eval-prompts", help="also report acceptance on the target's answers to these prompts' "
-                        f"first turns after each epoch (default: {DEFAULT_PROMPTS} where it exists; '' to skip)")
+                        f"first turns after each epoch, and leave them out of the training prompts (default: "
+                        f"{DEFAULT_PROMPTS} where it exists; '' to skip)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--init", help="go on training this head (.eagle.pt; its draft vocabulary is kept)")
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
