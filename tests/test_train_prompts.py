@@ -2,20 +2,16 @@
 those prompts is reported as acceptance on unseen text, so none of them (nor a close copy) may be trained on."""
 import re
 
-from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, load_prompts
+from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
 from specdec_kernels.train import everyday, prompts
 
 
 def words(text: str) -> set:
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def e2e_first_turns() -> list:
-    return [item["turns"][0] for item in load_prompts(DEFAULT_PROMPTS)]
+    return set(prompts.same_words(text).split())
 
 
 def test_round_one_leaves_out_the_measured_prompts():
-    turns = e2e_first_turns()
+    turns = first_turns(DEFAULT_PROMPTS)
     made = {prompts.same_words(m[0]["content"]) for m in prompts.round_one()}
     assert {"is photosynthesis what", "144 is of root square the what"} <= made  # templates do produce some
     kept = {prompts.same_words(m[0]["content"]) for m in prompts.round_one(exclude=turns)}
@@ -27,7 +23,7 @@ def test_everyday_texts_are_not_close_copies_of_end_to_end_texts():
     # Passages and reading contexts share at most 0.5 of their words with an end-to-end text (after its task
     # prefix: "Summarize:", "Context:"); short sentences and questions may share a template ("What is the
     # capital of ...?"), not all their words.
-    bodies = [words(re.sub(r"^[^:]*:", "", turn)) for turn in e2e_first_turns()]
+    bodies = [words(re.sub(r"^[^:]*:", "", turn)) for turn in first_turns(DEFAULT_PROMPTS)]
     passages = list(everyday.PASSAGES) + [f"{context} {question}" for context, question in everyday.READING]
     closest = max(len(words(text) & body) / len(words(text) | body) for text in passages for body in bodies)
     assert closest < 0.5, closest

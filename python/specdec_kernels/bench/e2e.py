@@ -117,6 +117,11 @@ def load_prompts(path: str, limit=None):
     return prompts
 
 
+def first_turns(path: str) -> list:
+    """The first user turn of every prompt in a prompt file."""
+    return [item["turns"][0] for item in load_prompts(path)]
+
+
 def run_conversation(h: Harness, method, turns):
     """All turns of one question; the history holds the method's own earlier answers."""
     from specdec_kernels.hf import chat_prompt_ids

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, load_prompts
+from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
 from specdec_kernels.drafters.eagle import EagleHead
 
 
@@ -95,10 +95,10 @@ def collect(model, tokenizer, conversations: list, max_new_tokens: int, batch_si
     return out
 
 
-def unseen_prompt_sequences(model, tokenizer, path: str, max_new_tokens: int, batch_size: int) -> list:
-    """The target's answers to the first turns of an end-to-end prompt file (none of them in train/prompts.py):
-    acceptance on them predicts decoding; the random held-out split shares topics and templates with training."""
-    conversations = [[{"role": "user", "content": item["turns"][0]}] for item in load_prompts(path)]
+def unseen_prompt_sequences(model, tokenizer, turns: list, max_new_tokens: int, batch_size: int) -> list:
+    """The target's answers to end-to-end prompts' first turns (left out of round one): acceptance on them
+    predicts decoding; the random held-out split shares topics and templates with training."""
+    conversations = [[{"role": "user", "content": turn}] for turn in turns]
     return [s for _, s in collect(model, tokenizer, conversations, max_new_tokens, batch_size, "unseen prompts")]
 
 
@@ -274,12 +274,12 @@ def main(argv=None):
     path = args.model or embedded_model_path()
     target = load_model(path)
     tokenizer = load_tokenizer(path)
+    measured_on = first_turns(args.eval_prompts) if args.eval_prompts else []
     if args.data and os.path.exists(args.data):
         saved = torch.load(args.data, weights_only=True)
         sequences = [Sequence(*fields) for fields in zip(saved["tokens"], saved["features"], saved["answer_start"])]
         print(f"read {len(sequences)} sequences from {args.data}")
     else:
-        measured_on = [item["turns"][0] for item in load_prompts(args.eval_prompts)] if args.eval_prompts else []
         first = round_one(topic_prompts=args.topic_prompts, exclude=measured_on)[: args.limit]
         answered = collect(target, tokenizer, first, args.max_new_tokens, args.batch_size, "round 1")
         texts = [(m, tokenizer.decode(s.tokens[s.answer_start:], skip_special_tokens=True)) for m, s in answered]
@@ -302,8 +302,8 @@ def main(argv=None):
         lineage = {}
     covered = torch.isin(torch.cat([s.tokens[s.answer_start:] for s in held_out]), head.draft_to_target)
     print(f"draft vocabulary {head.config.vocab_size}: covers {covered.float().mean():.1%} of held-out answer tokens")
-    unseen = (unseen_prompt_sequences(target, tokenizer, args.eval_prompts, args.max_new_tokens, args.batch_size)
-              if args.eval_prompts else [])
+    unseen = (unseen_prompt_sequences(target, tokenizer, measured_on, args.max_new_tokens, args.batch_size)
+              if measured_on else [])
     print("before training:", evaluate(head, target.embedding, held_out))
     if unseen:
         print("before training, unseen prompts:", evaluate(head, target.embedding, unseen))
