@@ -1,12 +1,12 @@
 """CPU tree_attention vs the float64 reference: random trees, chains, tile and split boundaries, every dtype
-and ISA, strided inputs, bitwise batch invariance, opcheck, and bad inputs (each in its own function)."""
+and ISA, strided inputs, bitwise batch invariance (chains and tree nodes), opcheck, and bad inputs (each in its own function)."""
 import pytest
 import torch
 from conftest import TOLERANCES
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_strategies import trees
-from w4a16_samples import ATTENTION_ISAS, cpu_isa, isa_params
+from tree_strategies import parent_rows, trees
+from w4a16_samples import ATTENTION_ISAS, ISAS, cpu_isa, isa_params
 
 from specdec_kernels import ops, reference, tree
 
@@ -133,6 +133,33 @@ def test_batch_invariance_bitwise(isa):
             for j in range(t):
                 alone = ops.tree_attention(q[:, j : j + 1], k, v, torch.tensor([cache_len + j], dtype=torch.int32))
                 assert torch.equal(alone[0, 0], together[0, j]), (hq, j)
+
+
+@pytest.mark.parametrize("isa", isa_params(ISAS))
+@settings(max_examples=25, deadline=None)
+@given(parent_rows(max_nodes=90, allow_padding=False), st.sampled_from(HEADS[:3]), st.integers(0, 330),
+       st.sampled_from(DTYPES), st.integers(0, 10**6))
+def test_tree_node_equals_its_chain_bitwise(isa, parents, heads, cache_len, dtype, seed):
+    """Each node of a tree verified at once gives, bit for bit, what decoding its root-to-node chain one token
+    at a time gives: its keys sit at other cache slots than in the chain, across chunk and split bounds."""
+    hq, hkv, d = heads
+    t = len(parents)
+    q, k, v, _ = make_inputs(1, t, hq, hkv, d, [cache_len], dtype=dtype, seed=seed)
+    parents = torch.tensor([parents])
+    with cpu_isa(isa):
+        together = ops.tree_attention(q, k, v, torch.tensor([cache_len], dtype=torch.int32),
+                                      tree.pack_tree_mask(parents))
+        for node in range(t):
+            chain = [node]
+            while chain[-1] > 0:
+                chain.append(int(parents[0, chain[-1]]))
+            chain.reverse()
+            k_chain, v_chain = k.clone(), v.clone()  # the chain's keys at the slots decoding gives them
+            k_chain[:, cache_len:cache_len + len(chain)] = k[:, [cache_len + j for j in chain]]
+            v_chain[:, cache_len:cache_len + len(chain)] = v[:, [cache_len + j for j in chain]]
+            alone = ops.tree_attention(q[:, node:node + 1], k_chain, v_chain,
+                                       torch.tensor([cache_len + len(chain) - 1], dtype=torch.int32))
+            assert torch.equal(alone[0, 0], together[0, node]), (node, chain)
 
 
 @pytest.mark.parametrize("t,cache_len", [(1, 20), (1, 127), (1, 128), (1, 300), (3, 40), (12, 700)])

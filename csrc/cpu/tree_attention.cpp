@@ -3,7 +3,9 @@
 // computes the partial softmax of ALL query rows of its KV head (GQA: K/V read once per group) with the
 // kernel of tree_attention_kernel.inc; the partials of a (batch row, KV head) are then folded in position
 // order. Split bounds are absolute positions and rows never mix, so a token's result does not depend on
-// how many tokens are verified with it (T at once == one at a time, bitwise).
+// how many tokens are verified with it (T at once == one at a time, bitwise). A tree node's keys are grouped
+// by the positions they take in its own chain (cache_len + depth), so on the vector paths a node's result
+// is, bit for bit, that of decoding its root-to-node chain one token at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,6 +23,8 @@
 
 namespace specdec::cpu {
 namespace {
+
+static_assert(kChunkRowsMax >= kAttentionChunk - 1 + kMaxTreeNodes, "a chunk holds its cache rows and every new token");
 
 struct Shapes {
   int64_t B, T, Hq, Hkv, D, S, group, rows, row_vectors;
@@ -112,6 +116,24 @@ std::vector<uint16_t> new_token_visibility(const std::optional<at::Tensor>& tree
       }
     }
   return visible;
+}
+
+// [B, T] tree depths: the new tokens a token sees, itself included, less one (its chain's length before it);
+// causal: j. Clamped to [0, T): any mask stays a valid assignment of each token to one position.
+std::vector<int> new_token_depths(const std::optional<at::Tensor>& tree_mask, const Shapes& s) {
+  std::vector<int> depth(s.B * s.T);
+  const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
+  const int64_t words = (s.T + 63) / 64;
+  for (int64_t i = 0; i < s.B * s.T; ++i) {
+    if (!mask.defined()) {
+      depth[i] = static_cast<int>(i % s.T);
+      continue;
+    }
+    int seen = 0;
+    for (int64_t w = 0; w < words; ++w) seen += __builtin_popcountll(static_cast<uint64_t>(mask.data_ptr<int64_t>()[i * words + w]));
+    depth[i] = static_cast<int>(std::clamp<int64_t>(seen - 1, 0, s.T - 1));
+  }
+  return depth;
 }
 
 // [B, T, words] bit masks for the AMX path: bit j of token t's words is set iff it sees new token j.
@@ -226,6 +248,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   float *acc = qt + qt_floats, *partials = acc + acc_floats, *scratch = partials + wave_floats;
   auto* q_tiles = reinterpret_cast<uint16_t*>(scratch + at::get_num_threads() * scratch_floats);
   std::vector<uint16_t> visible;
+  std::vector<int> depth;
   std::vector<uint64_t> token_mask;
   if (kernel.tiles) {
     const at::Tensor qf = q.to(at::kFloat).contiguous();
@@ -235,6 +258,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   } else {
     pack_queries(q, scale, s, qt);
     visible = new_token_visibility(tree_mask, s);
+    depth = new_token_depths(tree_mask, s);
   }
   at::Tensor out = at::empty({s.B, s.T, s.Hq, s.D}, q.options().dtype(at::kFloat));
   const CacheType type = cache_type(q.scalar_type());
@@ -294,6 +318,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.rows = static_cast<int>(s.rows);
       a.qt = kernel.tiles ? nullptr : qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
       a.new_visible = kernel.tiles ? nullptr : visible.data() + g.b * s.T * s.row_vectors;
+      a.new_depth = kernel.tiles ? nullptr : depth.data() + g.b * s.T;
       a.q_tiles = kernel.tiles ? q_tiles + amx::query_tile_elements(g.b * s.Hkv + g.h0, a.D, a.row_vectors) : nullptr;
       const int64_t words = (s.T + 63) / 64;
       a.token_mask = kernel.tiles ? token_mask.data() + g.b * s.T * words : nullptr;

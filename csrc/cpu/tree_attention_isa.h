@@ -9,7 +9,10 @@
 
 namespace specdec::cpu {
 
-constexpr long kAttentionChunk = 64;   // cache positions staged and scored at a time
+constexpr long kAttentionChunk = 64;   // positions per chunk: staged, scored and reduced in one softmax step
+// A chunk's rows: its cache positions and the new tokens reduced at its positions (siblings share one), at
+// most kAttentionChunk - 1 + kMaxTreeNodes (tree_checks.h; asserted in tree_attention.cpp).
+constexpr long kChunkRowsMax = kAttentionChunk + 256;
 constexpr long kAttentionSplit = 256;  // positions per task (flash-decoding split); absolute bounds
 constexpr int kAttentionRowBlock = 3;  // row vectors (48 rows) per register block
 
@@ -24,8 +27,11 @@ struct SplitArgs {
   int heads, D, row_vectors, rows;  // rows = T * group <= row_vectors * 16
   const float* qt;                    // [heads][D][row_vectors * 16] queries, pre-scaled, 0 in padding rows
   const unsigned short* new_visible;  // [T][row_vectors]: lane mask of the rows that see new token j
+  // [T]: the tree depth of new token j. It sits at cache slot cache_len + j but is reduced as if at
+  // position cache_len + depth, where decoding its path one token at a time puts it (vector paths).
+  const int* new_depth;
   long cache_len;   // every row sees positions < cache_len; new token j sits at cache_len + j
-  long begin, end;  // end <= cache_len + T
+  long begin, end;  // positions; end <= cache_len + T
   long prefetch_end;  // cache_len + T: rows below it may be prefetched for the next chunk
   float* partial;   // out, per head: o [D][row_vectors * 16], then m and l [row_vectors * 16]
   float* scratch;   // split_scratch_floats(heads, D) floats of the calling thread
@@ -36,9 +42,10 @@ struct SplitArgs {
 };
 
 inline long partial_floats(int D, int row_vectors) { return (D + 2L) * row_vectors * 16; }
-// staged K and V [heads][kChunk][D], scores [kChunk][row block], o by rows [heads][16][D] (T * group <= 16)
+// staged K and V [heads][kChunkRowsMax][D], scores [kChunkRowsMax][row block], o by rows [heads][16][D]
+// (T * group <= 16)
 inline long split_scratch_floats(int heads, int D) {
-  return 2L * heads * kAttentionChunk * D + kAttentionChunk * kAttentionRowBlock * 16 + heads * 16L * D;
+  return 2L * heads * kChunkRowsMax * D + kChunkRowsMax * kAttentionRowBlock * 16 + heads * 16L * D;
 }
 
 #define SPECDEC_TREE_ATTENTION_DECL                                                \
