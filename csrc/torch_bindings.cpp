@@ -4,17 +4,19 @@
 
 TORCH_LIBRARY(specdec, m) {
   // W4A16 GEMM (DESIGN 3.1). prepack turns the canonical (qweight, scales, mins) into the
-  // layout of the backend of qweight's device; gemm consumes only that layout.
+  // layout of the backend of qweight's device; gemm consumes only that layout. x_digits: the CPU integer
+  // paths (AMX, AVX512-VNNI) take x as that many 7-bit digits per value, a fixed-point window per row and
+  // group (error < 2^-(7 x_digits - 1) of the group maximum; the work scales with it); others ignore it.
   m.def("w4a16_prepack(Tensor qweight, Tensor scales, Tensor mins, int group_size) -> Tensor[]");
   m.def(
       "w4a16_gemm(Tensor x, Tensor packed_qweight, Tensor packed_scales, Tensor packed_mins, "
-      "int group_size, int out_features) -> Tensor");
+      "int group_size, int out_features, int x_digits=3) -> Tensor");
   // The same with 8-bit weights, qweight uint8 [N, K] (a Q8_0 output head: q + 128, mins -128 scales).
   // CPU with AVX512-VNNI only; quant.W8A16Linear falls back to two 4-bit planes elsewhere.
   m.def("w8a16_prepack(Tensor qweight, Tensor scales, Tensor mins, int group_size) -> Tensor[]");
   m.def(
       "w8a16_gemm(Tensor x, Tensor packed_qweight, Tensor packed_scales, Tensor packed_mins, "
-      "int group_size, int out_features) -> Tensor");
+      "int group_size, int out_features, int x_digits=3) -> Tensor");
 
   // Attention of T new tokens over a static KV cache, under a bit-packed tree mask
   // (None = causal among the new tokens). DESIGN 3.2, 3.3.
@@ -82,8 +84,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", [] { return std::string(specdec::cpu::isa_name(specdec::cpu::chosen_matrix_isa())); },
         "The CPU instruction set the kernels use now (SPECDEC_CPU_ISA overrides the detected one).");
   auto direct = m.def_submodule("direct", "Unboxed eager entry points of the hot specdec ops (see ops.py).");
-  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t)>::def(direct, "w4a16_gemm");
-  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t)>::def(direct, "w8a16_gemm");
+  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t)>::def(direct, "w4a16_gemm");
+  Direct<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t)>::def(direct, "w8a16_gemm");
   Direct<Tensor(CTensor, CTensor, CTensor, CTensor, const std::optional<Tensor>&, double)>::def(direct,
                                                                                                 "tree_attention");
   Direct<std::tuple<Tensor, Tensor, Tensor>(CTensor, CTensor, CTensor)>::def(direct, "tree_verify_greedy");

@@ -5,10 +5,12 @@
 // Activations as int8 digits. Per row and group g, with E = the binary exponent of max |x| in the group,
 //   x[k] ~= sum_{d < D} digit_d[k] * 2^(E - 6 - 7 d),   digit_d in -127..127
 // (each digit the truncation of what the previous ones left, the last one rounded): a fixed-point window
-// of 7 D bits below the group's largest value; D = 3 for every dtype. Values at most 7 D - 8 binades below
-// the group maximum are exact (bf16: 13, float16: 10 binades); others, and float32 values, which carry more
-// bits than the window, are off by less than half a unit of the last digit, 2^-20 of the group maximum
-// (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error far below the 4-bit weights').
+// of 7 D bits below the group's largest value; D = x_digits (1..3, the op's argument; 3 by default). With
+// D = 3, values at most 13 binades below the group maximum are exact in bf16 (10 in float16); others, and
+// float32 values, which carry more bits than the window, are off by less than half a unit of the last
+// digit: 2^-(7 D - 1) of the group maximum, 2^-20 for D = 3 (a fourth digit for float32 cost 20-25% of the
+// time at M >= 16 for error far below the 4-bit weights'), 2^-13 for D = 2, 2^-6 for D = 1 (8-bit
+// activations, as llama.cpp's Q8 but with a power-of-two scale). The integer work scales with D.
 // Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255). Per row, group and
 // 16 output columns:
 //   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^22)
@@ -239,9 +241,11 @@ void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0
   }
 }
 
-// One row: 4 tiles at a time (4 R independent sums); more rows: blocks of 3 rows x 2 tiles (a weight row
-// feeds 3 D sums; 18 accumulators), then 2 + 2 or 2 or 1. Three rows in one pass instead of 2 + 1: the
-// runner's T = 3 forward went from ~1.3x to ~1.2x its T = 2 forward (Zen 5, alternating processes).
+// One row: 4 tiles at a time (4 R independent sums); more rows: blocks of kRows rows x 2 tiles, then 2 + 2
+// or 2 or 1. With 3 digits kRows = 3 (a weight row feeds 9 sums; 18 accumulators): three rows in one pass
+// instead of 2 + 1 took the runner's T = 3 forward from ~1.3x to ~1.2x its T = 2 forward (Zen 5). With 1 or
+// 2 digits kRows = 4 (8 or 16 sums): fastest of 3, 4, 6 and 8 rows at M = 4..16 on Zen 5 (1 digit, M = 16:
+// 141 us against 171 / 159 / 186; 2 digits: 223-235 against 235-245 for 3 rows, and M = 4 in one pass).
 template <int D, int STEP, class Weights>
 void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
   const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
@@ -257,23 +261,22 @@ void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end
     }
     return;
   }
+  constexpr int kRows = D == 3 ? 3 : 4;
   for (long tile0 = begin; tile0 < end; tile0 += 2) {
-    NextBlockPrefetch next = next_block(tile0, 2, (a.M + 2) / 3);
+    NextBlockPrefetch next = next_block(tile0, 2, (a.M + kRows - 1) / kRows);
     for (int row = 0; row < a.M;) {
       const int left = a.M - row;
-      if (left == 3 || left > 4) {
-        vector_block<3, D, 2, STEP>(a, weights, row, tile0, yacc, next);
-        write_out(a, yacc, row, 3, tile0, 2);
-        row += 3;
-      } else if (left >= 2) {  // 4 rows as 2 + 2, not 3 + a lone row
-        vector_block<2, D, 2, STEP>(a, weights, row, tile0, yacc, next);
-        write_out(a, yacc, row, 2, tile0, 2);
-        row += 2;
-      } else {
-        vector_block<1, D, 2, STEP>(a, weights, row, tile0, yacc, next);
-        write_out(a, yacc, row, 1, tile0, 2);
-        row += 1;
-      }
+      const auto block = [&](auto rows) {
+        vector_block<decltype(rows)::value, D, 2, STEP>(a, weights, row, tile0, yacc, next);
+        write_out(a, yacc, row, rows, tile0, 2);
+        row += rows;
+      };
+      if (left >= kRows && !(kRows == 3 && left == 4))  // 4 rows as 2 + 2, not 3 + a lone row
+        block(std::integral_constant<int, kRows>{});
+      else if (left >= 2)
+        block(std::integral_constant<int, 2>{});
+      else
+        block(std::integral_constant<int, 1>{});
     }
   }
 }
@@ -446,14 +449,20 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
 void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M);
-  if (a.use_tiles) return tile_kernel<3>(a, dq, scratch, begin, end);
-  const auto vector = [&](const auto& weights) {  // k steps of 32 (G = 32) or 64
-    using W = std::decay_t<decltype(weights)>;
-    a.k_step == 32 ? vector_tiles<3, 32, W>(a, weights, begin, end, scratch.y)
-                   : vector_tiles<3, 64, W>(a, weights, begin, end, scratch.y);
+  const auto run = [&](auto digits) {
+    constexpr int D = decltype(digits)::value;
+    if (a.use_tiles) return tile_kernel<D>(a, dq, scratch, begin, end);
+    const auto vector = [&](const auto& weights) {  // k steps of 32 (G = 32) or 64
+      using W = std::decay_t<decltype(weights)>;
+      a.k_step == 32 ? vector_tiles<D, 32, W>(a, weights, begin, end, scratch.y)
+                     : vector_tiles<D, 64, W>(a, weights, begin, end, scratch.y);
+    };
+    if (a.weight_bits == 8) return vector(ByteWeights{});
+    vector(NibbleWeights{dq});
   };
-  if (a.weight_bits == 8) return vector(ByteWeights{});
-  vector(NibbleWeights{dq});
+  if (a.digits == 1) return run(std::integral_constant<int, 1>{});
+  if (a.digits == 2) return run(std::integral_constant<int, 2>{});
+  run(std::integral_constant<int, 3>{});
 }
 
 }  // namespace specdec::cpu::amx

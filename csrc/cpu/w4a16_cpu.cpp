@@ -65,15 +65,15 @@ int dtype_code(at::ScalarType t) {
 // the vector kernel's 3-row blocks), 8-bit (no unpacking in the vector kernel) M = 6 -> 8.
 constexpr int64_t kVectorDigitRows4 = 9, kVectorDigitRows8 = 18;
 
-// AMX-INT8 / AVX512-VNNI: x as 3 int8 digits per value in panels, the result written in
+// AMX-INT8 / AVX512-VNNI: x as `digits` int8 digits per value in panels, the result written in
 // x's dtype by the kernel.
 at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                      const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits,
-                     bool tiles_allowed) {
+                     int digits, bool tiles_allowed) {
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
-  const int digits = 3, k_step = group_size == 32 ? 32 : 64;
+  const int k_step = group_size == 32 ? 32 : 64;
   const bool use_tiles = tiles_allowed && M * digits > (weight_bits == 8 ? kVectorDigitRows8 : kVectorDigitRows4);
   // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
   // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
@@ -170,20 +170,22 @@ at::Tensor gemm_fma(const at::Tensor& x, const at::Tensor& packed_qweight, const
 
 // The integer paths where the CPU has them, else the FMA paths.
 at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                    const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits) {
+                    const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int weight_bits,
+                    int64_t x_digits) {
+  check_x_digits(x_digits);
   if (x.size(0) == 0) return at::empty({0, out_features}, x.options());
   const Isa isa = chosen_matrix_isa();
   if (isa == Isa::kAmx || isa == Isa::kAvx512Vnni)
     return gemm_int8(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, weight_bits,
-                     isa == Isa::kAmx);
+                     static_cast<int>(x_digits), isa == Isa::kAmx);
   return gemm_fma(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, weight_bits);
 }
 
 at::Tensor w4a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int64_t x_digits) {
   check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8,
                     "[tiles, K/8, 16] (did you call w4a16_prepack on CPU?)");
-  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4);
+  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4, x_digits);
 }
 
 // 8-bit weights: word (w, c) of a tile = q[c][4w .. 4w + 3], one byte each (VNNI order: no unpacking).
@@ -196,10 +198,10 @@ std::vector<at::Tensor> w8a16_prepack_cpu(const at::Tensor& qweight, const at::T
 }
 
 at::Tensor w8a16_gemm_cpu(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+                          const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int64_t x_digits) {
   check_packed_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 4,
                     "[tiles, K/4, 16] (did you call w8a16_prepack on CPU?)");
-  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8);
+  return gemm_cpu(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, 8, x_digits);
 }
 
 }  // namespace

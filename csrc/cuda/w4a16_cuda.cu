@@ -99,9 +99,11 @@ void gemm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale
   }
 }
 
+// x_digits is checked and otherwise unused: x is multiplied in its own dtype (float16 / bfloat16).
 at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
-                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features) {
+                           const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int64_t x_digits) {
   check_group_size(group_size);
+  check_x_digits(x_digits);
   SPECDEC_CHECK_DIM(x, 2);
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               "x must be float16 or bfloat16 on CUDA, got ", x.scalar_type());

@@ -52,9 +52,14 @@ def w4a16_prepack(qweight, scales, mins, group_size: int):
     return _ops.w4a16_prepack(qweight, scales, mins, group_size)
 
 
-def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
-    """y = x @ W.T for prepacked 4-bit W. x: [M, K] (float32/bfloat16/float16 on CPU) -> [M, N] in x.dtype."""
-    return _w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
+def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int,
+               x_digits: int = 3):
+    """y = x @ W.T for prepacked 4-bit W. x: [M, K] (float32/bfloat16/float16 on CPU) -> [M, N] in x.dtype.
+
+    x_digits (1-3): the CPU integer paths (AMX, AVX512-VNNI) take x as that many 7-bit digits per value in a
+    fixed-point window per row and group (reference.round_x_digits): error < 2^-(7 x_digits - 1) of the group's
+    largest |x|, integer work proportional to x_digits. Other paths multiply x as given."""
+    return _w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, x_digits)
 
 
 @torch.library.register_fake("specdec::w4a16_prepack")
@@ -67,7 +72,7 @@ def _w4a16_prepack_fake(qweight, scales, mins, group_size):
 
 
 @torch.library.register_fake("specdec::w4a16_gemm")
-def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, out_features):
+def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, x_digits=3):
     torch._check(x.dim() == 2, lambda: f"x must be 2-D [M, K], got {tuple(x.shape)}")
     torch._check(x.device == packed_qweight.device,
                  lambda: f"x and packed_qweight must be on the same device, got {x.device} and {packed_qweight.device}")
@@ -87,9 +92,11 @@ def w8a16_prepack(qweight, scales, mins, group_size: int):
     return _ops.w8a16_prepack(qweight, scales, mins, group_size)
 
 
-def w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
-    """y = x @ W.T for prepacked 8-bit W (W = scales * q + mins per group). x: [M, K] -> [M, N] in x.dtype."""
-    return _w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features)
+def w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int,
+               x_digits: int = 3):
+    """y = x @ W.T for prepacked 8-bit W (W = scales * q + mins per group). x: [M, K] -> [M, N] in x.dtype.
+    x_digits as for w4a16_gemm."""
+    return _w8a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, x_digits)
 
 
 @torch.library.register_fake("specdec::w8a16_prepack")

@@ -158,14 +158,24 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
 
 
 # ---------------------------------------------------------------- the module
+def set_x_digits(module: torch.nn.Module, x_digits: int) -> torch.nn.Module:
+    """Every packed layer in `module` multiplies its activations with x_digits digits (ops.w4a16_gemm)."""
+    if x_digits not in (1, 2, 3):
+        raise ValueError(f"x_digits must be 1, 2 or 3, got {x_digits}")
+    for layer in module.modules():
+        if hasattr(layer, "x_digits"):
+            layer.x_digits = x_digits
+    return module
+
+
 def apply_packed(layer: torch.nn.Module, gemm, x: torch.Tensor) -> torch.Tensor:
     """y = gemm(x, *layer.packed, ...) + bias over x [..., in_features], for a layer holding a packed weight
-    (in_features, out_features, group_size, packed, a `bias` buffer)."""
+    (in_features, out_features, group_size, x_digits, packed, a `bias` buffer)."""
     if x.shape[-1] != layer.in_features:
         raise ValueError(f"x must end in in_features = {layer.in_features}, got shape {tuple(x.shape)}")
     # 2-D x (the runner's activations) skips both reshapes: at decoding sizes every microsecond counts
     rows = x if x.dim() == 2 else x.reshape(-1, layer.in_features)
-    y = gemm(rows, *layer.packed, layer.group_size, layer.out_features)
+    y = gemm(rows, *layer.packed, layer.group_size, layer.out_features, layer.x_digits)
     y = y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)
     bias = layer._buffers["bias"]  # a direct read: nn.Module.__getattr__ costs ~0.6 us
     return y if bias is None else y + bias.to(y.dtype)
@@ -179,6 +189,7 @@ class W4A16Linear(torch.nn.Module):
         super().__init__()
         self.out_features, self.in_features = qw.shape
         self.group_size = qw.group_size
+        self.x_digits = 3  # of the CPU integer paths (ops.w4a16_gemm); set_x_digits changes it
         self.register_buffer("qweight", qw.qweight)
         self.register_buffer("scales", qw.scales)
         self.register_buffer("mins", qw.mins)
@@ -206,4 +217,5 @@ class W4A16Linear(torch.nn.Module):
         return apply_packed(self, ops.w4a16_gemm, x)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"x_digits={self.x_digits}")

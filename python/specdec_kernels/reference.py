@@ -33,16 +33,45 @@ def dequantize_w8(qweight, scales, mins, group_size: int) -> torch.Tensor:
     return _affine(qweight, scales, mins, group_size)
 
 
-def w4a16_gemm(x, qweight, scales, mins, group_size: int) -> torch.Tensor:
-    """y = x @ W.T computed in float64 (the oracle), returned in x's dtype. x: [..., K] -> [..., N]."""
+def round_x_digits(x: torch.Tensor, group_size: int, digits: int) -> torch.Tensor:
+    """x [M, K] as the CPU integer paths read it, in float64: per row and group, with E the binary exponent of
+    the largest |x| (at least -99), x ~= sum_d digit_d 2^(E - 6 - 7 d) over d < digits, each digit the
+    truncation of what the earlier ones left and the last one rounded to nearest even, saturated to int8."""
+    rows, k = x.shape
+    groups = x.float().reshape(rows, k // group_size, group_size)
+    largest = groups.abs().amax(-1, keepdim=True)
+    exponent = torch.frexp(largest)[1].clamp(min=-98) - 1  # largest in [2^E, 2^(E + 1))
+    rest = groups.double() * torch.pow(2.0, 6 - exponent).double()
+    total = torch.zeros_like(rest)
+    for d in range(digits):
+        digit = torch.trunc(rest) if d < digits - 1 else torch.round(rest).clamp(-128, 127)
+        total += digit * 2.0 ** (-7 * d)
+        rest = (rest - digit) * 128
+    return (total * torch.pow(2.0, exponent - 6).double()).reshape(rows, k)
+
+
+def _quantized_gemm(x, w, mins, group_size: int, x_digits) -> torch.Tensor:
+    """x @ W.T in float64; with x_digits, the integer paths' arithmetic: the scale term over x rounded to that
+    many digits, the min term over exact group sums (W = scales q + mins: y = s (q . x~) + m sum(x))."""
+    if x_digits is None:
+        return (x.double() @ w.T).to(x.dtype)
+    rounded = round_x_digits(x, group_size, x_digits)
+    m = mins.double().repeat_interleave(group_size, dim=1)
+    y = rounded @ (w - m).T + x.double() @ m.T
+    return y.to(x.dtype)
+
+
+def w4a16_gemm(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
+    """y = x @ W.T computed in float64 (the oracle), returned in x's dtype. x: [..., K] -> [..., N]. x_digits:
+    x [M, K] as the CPU integer paths take it with ops.w4a16_gemm(..., x_digits) (round_x_digits)."""
     w = dequantize_w4(qweight, scales, mins, group_size).double()
-    return (x.double() @ w.T).to(x.dtype)
+    return _quantized_gemm(x, w, mins, group_size, x_digits)
 
 
-def w8a16_gemm(x, qweight, scales, mins, group_size: int) -> torch.Tensor:
+def w8a16_gemm(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
     """w4a16_gemm's oracle for 8-bit qweight uint8 [N, K]."""
     w = dequantize_w8(qweight, scales, mins, group_size).double()
-    return (x.double() @ w.T).to(x.dtype)
+    return _quantized_gemm(x, w, mins, group_size, x_digits)
 
 
 # ---------------------------------------------------------------- trees (DESIGN 3.2, 3.3, 4.3)

@@ -21,6 +21,11 @@ inline void check_group_size(int64_t group_size) {
               "group_size must be 32, 64 or 128, got ", group_size);
 }
 
+// x_digits of the W4A16/W8A16 GEMMs: 7-bit digits per activation on the CPU integer paths.
+inline void check_x_digits(int64_t x_digits) {
+  TORCH_CHECK(x_digits >= 1 && x_digits <= 3, "x_digits must be 1, 2 or 3, got ", x_digits);
+}
+
 // The canonical W4A16 format (DESIGN 3.1): qweight uint8 [N, K/2], scales/mins [N, K/G]; W8A16 the
 // same with one byte per weight, qweight uint8 [N, K] (values_per_byte 1).
 inline void check_canonical_quantized(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specdec_kernels import ops, quant, tree
+from specdec_kernels.models import RUNNER_X_DIGITS
 from specdec_kernels.models.layers import RowwiseLinear, SumOfLinears, W8A16Linear
 from specdec_kernels.models.llama import ModelConfig, apply_rope, rms_norm, rope_cos_sin, rope_tables
 from specdec_kernels.reference import dequantize_w8
@@ -166,11 +167,12 @@ class EagleDrafter:
     """An EagleHead on the specdec ops (W4A16 layers, tree_attention over its own static KV cache) that
     drafts EAGLE-2 dynamic trees for a target."""
 
-    def __init__(self, target, head: EagleHead, quantize: bool = True, max_seq_len: Optional[int] = None):
+    def __init__(self, target, head: EagleHead, quantize: bool = True, max_seq_len: Optional[int] = None,
+                 x_digits: int = RUNNER_X_DIGITS):
         c = self.config = head.config
         self.target = target
-        to_runner = (lambda layer: quant.W4A16Linear.from_linear(layer, group_size=32)) if quantize else (
-            lambda layer: layer)
+        to_runner = (lambda layer: quant.set_x_digits(quant.W4A16Linear.from_linear(layer, group_size=32), x_digits)
+                     ) if quantize else (lambda layer: layer)
         self.fc, self.wqkv, self.wo, self.w_gate_up, self.w_down = (
             to_runner(getattr(head, name)) for name in ("fc", "wqkv", "wo", "w_gate_up", "w_down"))
         lm = nn.Linear(c.dim, c.vocab_size, bias=False)

@@ -1,14 +1,24 @@
 """The lean Llama-family runner on the specdec ops."""
 import os
 
+from ..quant import set_x_digits
 from .gguf_loader import embedded_model_path, load_gguf
 from .hf_loader import load_hf
 from .llama import ModelConfig, Transformer
 
+# Activation digits of the runner's GEMMs on the CPU integer paths (ops.w4a16_gemm). Two, not the op's three:
+# verifying 16 tokens costs ~1.4x less (their integer work is 2/3), while over 645 teacher-forced positions
+# of the e2e prompts the argmax agreed with three digits at 644 and the mean KL was 1e-5 (benchmarks/NOTES.md).
+# One digit (8-bit activations) would save more but changed 14% of those argmaxes (KL 0.048).
+RUNNER_X_DIGITS = 2
 
-def load_model(path: str, **kwargs) -> Transformer:
-    """A GGUF file (load_gguf) or a Hugging Face checkpoint directory (load_hf, RTN-quantized by default)."""
-    return load_hf(path, **kwargs) if os.path.isdir(path) else load_gguf(path, **kwargs)
+
+def load_model(path: str, x_digits: int = RUNNER_X_DIGITS, **kwargs) -> Transformer:
+    """A GGUF file (load_gguf) or a Hugging Face checkpoint directory (load_hf, RTN-quantized by default), its
+    GEMMs set to x_digits activation digits."""
+    model = load_hf(path, **kwargs) if os.path.isdir(path) else load_gguf(path, **kwargs)
+    return set_x_digits(model, x_digits)
 
 
-__all__ = ["ModelConfig", "Transformer", "embedded_model_path", "load_gguf", "load_hf", "load_model"]
+__all__ = ["RUNNER_X_DIGITS", "ModelConfig", "Transformer", "embedded_model_path", "load_gguf", "load_hf",
+           "load_model"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from specdec_kernels import ops
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, apply_packed, quantize_rtn
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, apply_packed, quantize_rtn, set_x_digits
 from specdec_kernels.reference import pack_int4
 
 
@@ -38,6 +38,7 @@ class W8A16Linear(nn.Module):
             raise ValueError(f"qweight must be uint8 [N, K], got {qweight.dtype} {tuple(qweight.shape)}")
         self.out_features, self.in_features = qweight.shape
         self.group_size = group_size
+        self.x_digits = 3  # as W4A16Linear's (the planes get theirs from quant.set_x_digits too)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("mins", mins)
@@ -52,7 +53,7 @@ class W8A16Linear(nn.Module):
         q, s = self.qweight, self.scales
         hi = QuantizedWeight(pack_int4(q >> 4), 16 * s, self.mins, self.group_size)
         lo = QuantizedWeight(pack_int4(q & 15), s, torch.zeros_like(s), self.group_size)
-        self.planes = SumOfLinears([W4A16Linear(hi, self.bias), W4A16Linear(lo)])
+        self.planes = set_x_digits(SumOfLinears([W4A16Linear(hi, self.bias), W4A16Linear(lo)]), self.x_digits)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -66,7 +67,8 @@ class W8A16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         path = "w8a16_gemm" if self.planes is None else "two 4-bit planes"
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, {path}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"x_digits={self.x_digits}, {path}")
 
 
 class RowwiseLinear(nn.Module):
