@@ -1,5 +1,6 @@
 """CPU tree_attention vs the float64 reference: random trees, chains, tile and split boundaries, every dtype
-and ISA, strided inputs, bitwise batch invariance (chains and tree nodes), opcheck, and bad inputs (each in its own function)."""
+and ISA, strided inputs, bitwise batch invariance (chains and tree nodes), opcheck, and bad inputs (each in
+its own function)."""
 import pytest
 import torch
 from conftest import TOLERANCES

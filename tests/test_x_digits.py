@@ -79,7 +79,8 @@ def test_batch_invariance_bitwise(isa, bits, x_digits):
             assert torch.equal(gemm(bits, x[i:i + 1], w, x_digits), batched[i:i + 1]), i
 
 
-@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
+@pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")),
+                    reason="needs AMX and AVX512-VNNI")
 @pytest.mark.parametrize("x_digits", [1, 2])
 def test_tile_and_vector_kernels_identical(x_digits):
     w = random_quantized(130, 512, 64, seed=3)
@@ -127,3 +128,16 @@ def test_layers_use_their_setting():
     x = torch.randn(3, 128)
     assert torch.equal(model[0](x), gemm(4, x, w, 1))
     assert torch.equal(model[1](x), gemm(8, x, w8, 1))
+
+
+def test_load_model_sets_the_runner_digits(tmp_path):
+    from tiny_models import write_tiny_gguf
+
+    from specdec_kernels.models import RUNNER_X_DIGITS, load_gguf, load_model
+
+    path = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(path)
+    digits = {layer.x_digits for layer in load_model(path).modules() if hasattr(layer, "x_digits")}
+    assert digits == {RUNNER_X_DIGITS}
+    assert {layer.x_digits for layer in load_gguf(path).modules() if hasattr(layer, "x_digits")} == {3}
+    assert {layer.x_digits for layer in load_model(path, x_digits=1).modules() if hasattr(layer, "x_digits")} == {1}

@@ -3,14 +3,15 @@
 // the AMX path may hand a batch of few rows to the vector kernel without breaking batch invariance.
 //
 // Activations as int8 digits. Per row and group g, with E = the binary exponent of max |x| in the group,
-//   x[k] ~= sum_{d < D} digit_d[k] * 2^(E - 6 - 7 d),   digit_d in -127..127
-// (each digit the truncation of what the previous ones left, the last one rounded): a fixed-point window
-// of 7 D bits below the group's largest value; D = x_digits (1..3, the op's argument; 3 by default). With
-// D = 3, values at most 13 binades below the group maximum are exact in bf16 (10 in float16); others, and
-// float32 values, which carry more bits than the window, are off by less than half a unit of the last
-// digit: 2^-(7 D - 1) of the group maximum, 2^-20 for D = 3 (a fourth digit for float32 cost 20-25% of the
-// time at M >= 16 for error far below the 4-bit weights'), 2^-13 for D = 2, 2^-6 for D = 1 (8-bit
-// activations, as llama.cpp's Q8 but with a power-of-two scale). The integer work scales with D.
+//   x[k] ~= sum_{d < D} digit_d[k] * 2^(E - 6 - 7 d),   digit_d in -128..127
+// (each digit the truncation of what the previous ones left, the last one rounded and saturated): a
+// fixed-point window of 7 D bits below the group's largest value; D = x_digits (1..3, the op's argument; 3
+// by default; reference.round_x_digits models it). With D = 3, values at most 13 binades below the group
+// maximum are exact in bf16 (10 in float16); others, and float32 values, which carry more bits than the
+// window, are off by half a unit of the last digit at most (one where it saturates): 2^-(7 D - 1) of the
+// group maximum, 2^-20 for D = 3 (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error
+// far below the 4-bit weights'), 2^-13 for D = 2, 2^-6 for D = 1 (8-bit activations, as llama.cpp's Q8 but
+// with a power-of-two scale). The integer work scales with D.
 // Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255). Per row, group and
 // 16 output columns:
 //   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^22)

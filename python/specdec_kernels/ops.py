@@ -57,8 +57,8 @@ def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, o
     """y = x @ W.T for prepacked 4-bit W. x: [M, K] (float32/bfloat16/float16 on CPU) -> [M, N] in x.dtype.
 
     x_digits (1-3): the CPU integer paths (AMX, AVX512-VNNI) take x as that many 7-bit digits per value in a
-    fixed-point window per row and group (reference.round_x_digits): error < 2^-(7 x_digits - 1) of the group's
-    largest |x|, integer work proportional to x_digits. Other paths multiply x as given."""
+    fixed-point window per row and group (reference.round_x_digits): error <= 2^-(7 x_digits - 1) of the
+    group's largest |x|, integer work proportional to x_digits. Other paths multiply x as given."""
     return _w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size, out_features, x_digits)
 
 

@@ -217,5 +217,6 @@ class W4A16Linear(torch.nn.Module):
         return apply_packed(self, ops.w4a16_gemm, x)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, "
                 f"x_digits={self.x_digits}")

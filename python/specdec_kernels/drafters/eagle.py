@@ -171,8 +171,12 @@ class EagleDrafter:
                  x_digits: int = RUNNER_X_DIGITS):
         c = self.config = head.config
         self.target = target
-        to_runner = (lambda layer: quant.set_x_digits(quant.W4A16Linear.from_linear(layer, group_size=32), x_digits)
-                     ) if quantize else (lambda layer: layer)
+
+        def to_runner(layer):
+            if not quantize:
+                return layer
+            return quant.set_x_digits(quant.W4A16Linear.from_linear(layer, group_size=32), x_digits)
+
         self.fc, self.wqkv, self.wo, self.w_gate_up, self.w_down = (
             to_runner(getattr(head, name)) for name in ("fc", "wqkv", "wo", "w_gate_up", "w_down"))
         lm = nn.Linear(c.dim, c.vocab_size, bias=False)

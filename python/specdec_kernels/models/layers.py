@@ -67,7 +67,8 @@ class W8A16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         path = "w8a16_gemm" if self.planes is None else "two 4-bit planes"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, "
                 f"x_digits={self.x_digits}, {path}")
 
 
