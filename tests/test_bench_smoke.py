@@ -7,6 +7,7 @@ import torch
 
 from specdec_kernels.bench import e2e, tree_attention, verify, w4a16
 from specdec_kernels.bench.common import CacheFlusher
+from specdec_kernels.models import RUNNER_X_DIGITS
 
 
 def test_w4a16_point():
@@ -43,6 +44,7 @@ def test_e2e_json_keys(tmp_path):
                               "--json", str(out)])
     assert e2e.run(args) == 0
     result = json.loads(out.read_text())
+    assert result["settings"]["x_digits"] == RUNNER_X_DIGITS
     for method in ("vanilla", "chain", "eagle2"):
         assert set(result["methods"][method]) >= {"tokens_per_s", "speedup", "mean_accepted"}
     for record in result["prompts"]:

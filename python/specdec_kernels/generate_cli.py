@@ -4,7 +4,7 @@ import sys
 from .drafters import EagleDrafter, default_head_path
 from .generate import generate, speculative_generate
 from .hf import chat_prompt_ids, load_tokenizer
-from .models import embedded_model_path, load_model
+from .models import RUNNER_X_DIGITS, embedded_model_path, load_model
 
 
 def add_arguments(parser):
@@ -17,12 +17,14 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--head", help="EAGLE head (default: the one shipped for the model, if any)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, one token per forward")
+    parser.add_argument("--x-digits", type=int, default=RUNNER_X_DIGITS, help="activation digits of the GEMMs on "
+                        "the CPU integer paths (ops.w4a16_gemm)")
 
 
 def run(args):
     path = args.model or embedded_model_path()
     tokenizer = load_tokenizer(path)
-    model = load_model(path)
+    model = load_model(path, x_digits=args.x_digits)
     prompt = chat_prompt_ids(tokenizer, [{"role": "user", "content": args.prompt}])
     produced = []
 
@@ -36,7 +38,7 @@ def run(args):
     options = dict(stop_tokens=[tokenizer.eos_token_id], stream=stream)
     head = None if args.no_draft else args.head or default_head_path(path)
     if head:
-        drafter = EagleDrafter.from_file(head, model)
+        drafter = EagleDrafter.from_file(head, model, x_digits=args.x_digits)
         result = speculative_generate(model, drafter, prompt, args.max_new_tokens, args.temperature, args.top_p,
                                       args.top_k, args.seed, **options)
     else:

@@ -24,20 +24,23 @@ def add_arguments(parser):
                         "drafters.eagle.TREE)")
     parser.add_argument("--chain-length", type=int, default=None, help="draft tokens per chain step (default: "
                         "drafters.eagle.CHAIN_LENGTH)")
+    parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the runner's and the "
+                        "drafter's GEMMs on the CPU integer paths (default: models.RUNNER_X_DIGITS)")
 
 
 class Harness:
     """What every method needs: the tokenizer, our runner and (lazily) the transformers model."""
 
     def __init__(self, path: str, max_new_tokens: int, temperature: float, head_path=None, tree=None,
-                 chain_length=None):
+                 chain_length=None, x_digits=None):
         from specdec_kernels.drafters import eagle
         from specdec_kernels.hf import load_tokenizer
-        from specdec_kernels.models import load_model
+        from specdec_kernels.models import RUNNER_X_DIGITS, load_model
 
         self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
+        self.x_digits = x_digits or RUNNER_X_DIGITS
         self.tokenizer = load_tokenizer(path)
-        self.model = load_model(path)
+        self.model = load_model(path, x_digits=self.x_digits)
         self._hf = self._drafter = None
         self.head_path = head_path or eagle.default_head_path(path)
         self.tree = tree or eagle.TREE
@@ -51,7 +54,7 @@ class Harness:
             if self.head_path is None:
                 raise SystemExit(f"no EAGLE head for {self.path}: train one (python -m specdec_kernels.train.eagle) "
                                  "and pass --head")
-            self._drafter = EagleDrafter.from_file(self.head_path, self.model)
+            self._drafter = EagleDrafter.from_file(self.head_path, self.model, x_digits=self.x_digits)
         return self._drafter
 
     @property
@@ -197,7 +200,7 @@ def run(args):
         total_tokens, depth, top_k = (int(v) for v in args.tree.split(","))
         tree = dict(total_tokens=total_tokens, depth=depth, draft_top_k=top_k)
     harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature, args.head, tree,
-                      args.chain_length)
+                      args.chain_length, args.x_digits)
     prompts = load_prompts(args.prompts, args.limit)
     records, vanilla_tokens = [], {}
     # The methods take turns on each prompt, so that the shared machine's drift hits them alike.
@@ -216,7 +219,8 @@ def run(args):
         write_json(args.json, {"methods": summary, "prompts": records,
                                "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                             "prompts": args.prompts, "limit": args.limit, "head": harness.head_path,
-                                            "tree": harness.tree, "chain": harness.chain}})
+                                            "tree": harness.tree, "chain": harness.chain,
+                                            "x_digits": harness.x_digits}})
     if args.plot:
         plot(records, methods, args.plot)
     print_table([{"method": m, **s} for m, s in summary.items()],
