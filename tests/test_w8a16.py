@@ -4,21 +4,14 @@ import torch
 from conftest import assert_close_to_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from w4a16_samples import SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported
+from w4a16_samples import (SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
+                           random_w8)
 
 from specdec_kernels import ops, reference
 from specdec_kernels.models.layers import W8A16Linear
 
 W8_ISAS = isa_params(W4A16_ISAS)  # the same CPU paths: integer (AMX, VNNI) and float FMA (AVX-512, AVX2, portable)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def random_w8(n: int, k: int, group_size: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    qweight = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
-    scales = (torch.rand(n, k // group_size, generator=g) * 0.01 + 0.001).half()
-    mins = (-128 * scales.float() + torch.randn(n, k // group_size, generator=g) * 0.01).half()
-    return qweight, scales, mins, group_size
 
 
 def run_gemm(x, w):

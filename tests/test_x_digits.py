@@ -4,20 +4,14 @@ digit count, the rounding's error bounds, bad values, and the layers' setting.""
 import pytest
 import torch
 from conftest import assert_close_to_oracle
-from w4a16_samples import SAMPLES, cpu_isa, isa_params, isa_supported, random_quantized
+from w4a16_samples import (SAMPLES, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
+                           random_quantized, random_w8)
 
 from specdec_kernels import ops, quant, reference
 from specdec_kernels.models.layers import W8A16Linear
 
 INT8_ISAS = isa_params(("amx", "avx512vnni"))
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def random_w8(n, k, group_size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    qweight = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
-    scales = torch.rand(n, k // group_size, generator=g) * 0.01 + 0.001
-    return qweight, scales, -128 * scales, group_size
 
 
 def gemm(bits, x, w, x_digits):
@@ -81,16 +75,11 @@ def test_batch_invariance_bitwise(isa, bits, x_digits):
 
 @pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")),
                     reason="needs AMX and AVX512-VNNI")
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("x_digits", [1, 2])
-def test_tile_and_vector_kernels_identical(x_digits):
-    w = random_quantized(130, 512, 64, seed=3)
-    for m in (1, 2, 3, 4, 5, 9, 16, 17, 40):
-        x = torch.randn(m, 512) * torch.logspace(-3, 3, m)[:, None]
-        with cpu_isa("amx"):
-            tiles = gemm(4, x, w, x_digits)
-        with cpu_isa("avx512vnni"):
-            vector = gemm(4, x, w, x_digits)
-        assert torch.equal(tiles, vector), m
+def test_tile_and_vector_kernels_identical(bits, x_digits):
+    assert_tiles_match_vector_kernel(lambda x, w: gemm(bits, x, w, x_digits), weights(bits, 130, 512, 64), 512,
+                                     torch.float32)
 
 
 @pytest.mark.parametrize("digits", [1, 2, 3])

@@ -52,6 +52,15 @@ def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16,
     return quant.QuantizedWeight(qweight, scales, mins, group_size)
 
 
+def random_w8(n: int, k: int, group_size: int, seed: int = 0):
+    """8-bit weights (qweight uint8 [N, K], q 0..255, float16 scales, mins near -128 scales, G) for w8a16_gemm."""
+    g = torch.Generator().manual_seed(seed)
+    qweight = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // group_size, generator=g) * 0.01 + 0.001).half()
+    mins = (-128 * scales.float() + torch.randn(n, k // group_size, generator=g) * 0.01).half()
+    return qweight, scales, mins, group_size
+
+
 def assert_tiles_match_vector_kernel(run_gemm, weights, k: int, dtype):
     """The AMX path multiplies few rows with the VNNI vector kernel and more with tiles; the avx512vnni path is
     that vector kernel for every M. Both compute exact integer sums, so every M must give the same bits."""
