@@ -70,7 +70,7 @@ def candidates(draw):
 @settings(max_examples=200, deadline=None)
 def test_select_tree_is_the_best_connected_subtree(cands, total_tokens):
     parents, tokens, values = cands
-    draft = select_tree(99, parents, torch.tensor(tokens), values, total_tokens)
+    draft = select_tree(99, parents, tokens, values, total_tokens)
     t = draft.tokens.shape[1]
     assert t == min(total_tokens, len(tokens) + 1)
     draft.validate()  # topological, parents before children

@@ -75,9 +75,9 @@ def test_row_blocks_and_heads(hq, hkv, d, t):
     assert_matches_reference(q, k, v, lens, tree.causal_mask(1, t))
 
 
-@pytest.mark.parametrize("cache_len", [0, 63, 64, 65, 191, 255, 256, 257, 511, 700])
+@pytest.mark.parametrize("cache_len", [0, 63, 64, 65, 127, 128, 129, 191, 255, 256, 257, 511, 700])
 def test_chunk_and_split_boundaries(cache_len):
-    """Caches ending just before, at and after 64-position chunks and 256-position splits."""
+    """Caches ending just before, at and after 64-position chunks and 128-position splits."""
     q, k, v, lens = make_inputs(2, 3, 4, 2, 64, [cache_len, max(cache_len - 60, 0)], seed=cache_len)
     assert_matches_reference(q, k, v, lens, None)
 

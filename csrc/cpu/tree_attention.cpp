@@ -1,5 +1,5 @@
 // CPU tree_attention (DESIGN 3.2, 3.3): T new tokens attend to the cache and, among themselves, to what
-// the bit-packed tree mask allows. Tasks = (batch row, KV head, split of 256 absolute positions); a task
+// the bit-packed tree mask allows. Tasks = (batch row, KV head, split of 128 absolute positions); a task
 // computes the partial softmax of ALL query rows of its KV head (GQA: K/V read once per group) with the
 // kernel of tree_attention_kernel.inc; the partials of a (batch row, KV head) are then folded in position
 // order. Split bounds are absolute positions and rows never mix, so a token's result does not depend on

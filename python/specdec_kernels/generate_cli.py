@@ -38,7 +38,7 @@ def run(args):
     options = dict(stop_tokens=[tokenizer.eos_token_id], stream=stream)
     head = None if args.no_draft else args.head or default_head_path(path)
     if head:
-        drafter = EagleDrafter.from_file(head, model, x_digits=args.x_digits)
+        drafter = EagleDrafter.from_file(head, model)
         result = speculative_generate(model, drafter, prompt, args.max_new_tokens, args.temperature, args.top_p,
                                       args.top_k, args.seed, **options)
     else:

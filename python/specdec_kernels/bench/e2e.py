@@ -24,8 +24,9 @@ def add_arguments(parser):
                         "drafters.eagle.TREE)")
     parser.add_argument("--chain-length", type=int, default=None, help="draft tokens per chain step (default: "
                         "drafters.eagle.CHAIN_LENGTH)")
-    parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the runner's and the "
-                        "drafter's GEMMs on the CPU integer paths (default: models.RUNNER_X_DIGITS)")
+    parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the runner's GEMMs "
+                        "on the CPU integer paths (default: models.RUNNER_X_DIGITS; the drafter keeps "
+                        "drafters.eagle.DRAFT_X_DIGITS)")
 
 
 class Harness:
@@ -54,7 +55,7 @@ class Harness:
             if self.head_path is None:
                 raise SystemExit(f"no EAGLE head for {self.path}: train one (python -m specdec_kernels.train.eagle) "
                                  "and pass --head")
-            self._drafter = EagleDrafter.from_file(self.head_path, self.model, x_digits=self.x_digits)
+            self._drafter = EagleDrafter.from_file(self.head_path, self.model)
         return self._drafter
 
     @property
