@@ -83,6 +83,22 @@ def test_select_tree_is_the_best_connected_subtree(cands, total_tokens):
         assert max(left_out) <= min(values[c] for c in chosen)
 
 
+def test_drafter_takes_its_own_numerics(tiny):
+    """The drafter's GEMMs use DRAFT_X_DIGITS and groups of DRAFT_GROUP_SIZE where K allows (else 32), whatever
+    the target's are; explicit arguments override both."""
+    from specdec_kernels.drafters.eagle import DRAFT_GROUP_SIZE, DRAFT_X_DIGITS
+
+    def layers(drafter):
+        return [drafter.fc, drafter.wqkv, drafter.wo, drafter.w_gate_up, drafter.w_down, drafter.lm_head]
+
+    for drafter, digits, groups in ((EagleDrafter(tiny, random_head(tiny)), DRAFT_X_DIGITS, DRAFT_GROUP_SIZE),
+                                    (EagleDrafter(tiny, random_head(tiny), x_digits=3, group_size=32), 3, 32)):
+        for layer in layers(drafter):
+            assert layer.x_digits == digits
+            assert layer.group_size == (groups if layer.in_features % groups == 0 else 32), layer
+    assert {layer.group_size for layer in layers(EagleDrafter(tiny, random_head(tiny)))} == {DRAFT_GROUP_SIZE, 32}
+
+
 def test_tree_is_valid(tiny):
     drafter = EagleDrafter(tiny, random_head(tiny))
     hidden, log_p = drafter.extend(torch.tensor([5, 7, 9]), torch.randn(3, tiny.config.dim))
