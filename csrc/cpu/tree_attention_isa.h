@@ -14,7 +14,7 @@ constexpr long kAttentionChunk = 64;   // positions per chunk: staged, scored an
 // most kAttentionChunk - 1 + kMaxTreeNodes (tree_checks.h; asserted in tree_attention.cpp).
 constexpr long kChunkRowsMax = kAttentionChunk + 256;
 // Positions per task (flash-decoding split); absolute bounds. 128 rather than 256: 2 threads over 3 KV heads
-// balance better (T = 8 over 300 positions 1.2x faster, T = 1 over 450 1.1x; NOTES, "split of 128").
+// balance better (T = 8 over 300 positions 1.2x faster, T = 1 over 450 1.1x; NOTES, "Attention splits of 128 positions").
 constexpr long kAttentionSplit = 128;
 constexpr int kAttentionRowBlock = 3;  // row vectors (48 rows) per register block
 

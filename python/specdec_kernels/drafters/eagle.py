@@ -252,9 +252,9 @@ class EagleDrafter:
         for level in range(depth):
             child_log_p, child_token = (t.tolist() for t in log_p.topk(top_k, -1))  # [frontier][top_k]
             first = len(cand_token)
-            for parent, value, log_ps, tokens in zip(frontier, values, child_log_p, child_token):
+            for parent, value, log_ps, draft_tokens in zip(frontier, values, child_log_p, child_token):
                 cand_parent += [parent] * top_k
-                cand_token += [self.draft_ids[t] for t in tokens]
+                cand_token += [self.draft_ids[t] for t in draft_tokens]
                 cand_value += [value + lp for lp in log_ps]
             if level == depth - 1:
                 break
