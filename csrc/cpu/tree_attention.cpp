@@ -122,15 +122,16 @@ std::vector<uint16_t> new_token_visibility(const std::optional<at::Tensor>& tree
 // causal: j. Clamped to [0, T): any mask stays a valid assignment of each token to one position.
 std::vector<int> new_token_depths(const std::optional<at::Tensor>& tree_mask, const Shapes& s) {
   std::vector<int> depth(s.B * s.T);
-  const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
+  if (!tree_mask.has_value()) {
+    for (int64_t i = 0; i < s.B * s.T; ++i) depth[i] = static_cast<int>(i % s.T);
+    return depth;
+  }
+  const at::Tensor mask = tree_mask->contiguous();
+  const int64_t* bits = mask.data_ptr<int64_t>();
   const int64_t words = (s.T + 63) / 64;
   for (int64_t i = 0; i < s.B * s.T; ++i) {
-    if (!mask.defined()) {
-      depth[i] = static_cast<int>(i % s.T);
-      continue;
-    }
     int seen = 0;
-    for (int64_t w = 0; w < words; ++w) seen += __builtin_popcountll(static_cast<uint64_t>(mask.data_ptr<int64_t>()[i * words + w]));
+    for (int64_t w = 0; w < words; ++w) seen += __builtin_popcountll(static_cast<uint64_t>(bits[i * words + w]));
     depth[i] = static_cast<int>(std::clamp<int64_t>(seen - 1, 0, s.T - 1));
   }
   return depth;

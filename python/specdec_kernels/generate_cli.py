@@ -17,8 +17,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--head", help="EAGLE head (default: the one shipped for the model, if any)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, one token per forward")
-    parser.add_argument("--x-digits", type=int, default=RUNNER_X_DIGITS, help="activation digits of the GEMMs on "
-                        "the CPU integer paths (ops.w4a16_gemm)")
+    parser.add_argument("--x-digits", type=int, default=RUNNER_X_DIGITS, help="activation digits of the target's GEMMs "
+                        "on the CPU integer paths (ops.w4a16_gemm; the drafter keeps drafters.eagle.DRAFT_X_DIGITS)")
 
 
 def run(args):
