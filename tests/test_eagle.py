@@ -8,7 +8,7 @@ from stats import chi_square, chi_square_critical, pooled
 from tiny_models import write_tiny_gguf
 
 from specdec_kernels import tree
-from specdec_kernels.drafters import EagleDrafter, EagleHead, default_head_path, select_tree
+from specdec_kernels.drafters import EagleDrafter, EagleHead, NgramLookup, default_head_path, select_tree
 from specdec_kernels.drafters.eagle import dense_weight
 from specdec_kernels.generate import generate, speculative_generate
 from specdec_kernels.models import embedded_model_path, load_gguf
@@ -35,6 +35,11 @@ def trained_head(tiny):
     train(head, tiny.embedding, generate_batch(tiny, prompts, 16), epochs=8, lr=3e-3, tokens_per_batch=256,
           log=lambda _: None)
     return head
+
+
+def deep_lookup():
+    """A prompt lookup that grafts 8 tokens whatever the match: deeper than the test trees, so it adds nodes."""
+    return NgramLookup(if_head_agrees=(8,) * 6, otherwise=(8,) * 6)
 
 
 def random_head(target, seed=0, vocab=None):
@@ -167,40 +172,34 @@ def test_unrolled_steps_are_the_drafters_chain(tiny):
 
 
 # ---------------------------------------------------------------- speculative decoding
+@pytest.mark.parametrize("lookup", [False, True])
 @pytest.mark.parametrize("shape", TREE_SHAPES)
-def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape):
+def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape, lookup):
     drafter = EagleDrafter(tiny, trained_head)
     for seed in range(6):
         prompt = torch.randint(0, 40, (int(torch.randint(1, 9, ())),), generator=torch.Generator().manual_seed(seed))
-        plain = generate(tiny, prompt.tolist(), 30, stop_tokens=[0])
-        spec = speculative_generate(tiny, drafter, prompt.tolist(), 30, stop_tokens=[0], **shape)
+        prompt = prompt.tolist() * 2 if lookup else prompt.tolist()  # a repeat for the lookup to find
+        plain = generate(tiny, prompt, 30, stop_tokens=[0])
+        spec = speculative_generate(tiny, drafter, prompt, 30, stop_tokens=[0],
+                                    lookup=deep_lookup() if lookup else None, **shape)
         assert spec.tokens == plain.tokens, f"prompt seed {seed}"
         # the first token comes from the prefill; the last step may accept more than max_new_tokens leaves room for
         assert sum(spec.accepted_per_step[:-1]) < len(spec.tokens) - 1 <= sum(spec.accepted_per_step)
 
 
-def test_draft_state_follows_the_target(tiny, trained_head):
-    """After decoding, the drafter's cache holds exactly the pairs of the committed sequence, computed from
-    the target's features of that sequence (not those of rejected drafts); a sequence that differs in one
-    token gives a different cache (the comparison can fail)."""
-    head = trained_head
-    drafter = EagleDrafter(tiny, head, quantize=False)
-    prompt = [1, 5, 7, 9]
-    out = speculative_generate(tiny, drafter, prompt, 25, total_tokens=12, depth=3, draft_top_k=3)
-    assert max(out.accepted_per_step) > 1, "no draft token was accepted: the test would not see stale state"
-    sequence, n = prompt + out.tokens, drafter.length
-    assert len(prompt) < n < len(sequence)
-
-    def rebuilt(tokens):  # the drafter's first n cache rows, built at once from the target's features
-        tiny.setup_cache(1, 128)
-        _, hidden = tiny(torch.tensor([tokens[:n]]))
-        fresh = EagleDrafter(tiny, head, quantize=False)
-        fresh.extend(torch.tensor(tokens[1: n + 1]), hidden[0])
-        return fresh.k_cache[0, :n]
-
-    torch.testing.assert_close(drafter.k_cache[0, :n], rebuilt(sequence), atol=1e-4, rtol=1e-4)
-    altered = sequence[:n - 3] + [(sequence[n - 3] + 1) % 40] + sequence[n - 2:]
-    assert not torch.allclose(drafter.k_cache[0, :n], rebuilt(altered), atol=1e-4, rtol=1e-4)
+def test_lookup_chain_is_grafted_within_the_cache(tiny, trained_head):
+    """A repeated prompt makes the lookup graft chains (trees larger than total_tokens); near the end of the
+    cache each tree, lookup chain included, fits in the room left (and fills it); the output stays plain
+    greedy's."""
+    drafter = EagleDrafter(tiny, trained_head)
+    prompt = [3, 4, 5, 6, 7] * 23  # 115 of the cache's 128 positions
+    plain = generate(tiny, prompt, 13)
+    spec = speculative_generate(tiny, drafter, prompt, 13, lookup=deep_lookup(), total_tokens=4, depth=2,
+                                draft_top_k=2)
+    assert spec.tokens == plain.tokens
+    rooms = [128 - len(prompt) - sum(spec.accepted_per_step[:step]) for step in range(spec.steps)]
+    assert max(spec.draft_sizes) > 4 and all(size <= room for size, room in zip(spec.draft_sizes, rooms))
+    assert any(4 < size == room for size, room in zip(spec.draft_sizes, rooms)), (spec.draft_sizes, rooms)
 
 
 def exact_marginals(model, prompt):
@@ -224,31 +223,35 @@ def exact_marginals(model, prompt):
     return p1, p2, p3
 
 
-def emitted_counts(model, drafter, prompt, trials, temperature):
+def emitted_counts(model, drafter, prompt, trials, temperature, lookup=None):
     counts = torch.zeros(3, model.config.vocab_size, dtype=torch.float64)
     accepted = 0
     for seed in range(trials):
         out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed, total_tokens=8,
-                                   depth=3, draft_top_k=2)
+                                   depth=3, draft_top_k=2, lookup=lookup)
         for i, token in enumerate(out.tokens):
             counts[i, token] += 1
-        accepted += sum(out.accepted_per_step) - out.steps
+        # accepted drafts; with a lookup, only those of steps that grafted a chain (a tree of more than 8 nodes)
+        accepted += sum(a - 1 for a, size in zip(out.accepted_per_step, out.draft_sizes) if lookup is None or size > 8)
     return counts, accepted
 
 
 @pytest.mark.slow
-def test_sampling_is_lossless(tiny, trained_head):
-    """The first three tokens of sampled speculative decoding (trees of 8 nodes) follow the target's own
-    distribution (chi-square over 2,000 runs); the same test rejects samples taken at another temperature."""
-    prompt = [1, 5, 7]
+@pytest.mark.parametrize("prompt, lookup", [([1, 5, 7], False), ([1, 5, 7, 9, 1, 5, 7, 9, 1, 5], True)])
+def test_sampling_is_lossless(tiny, trained_head, prompt, lookup):
+    """The first three tokens of sampled speculative decoding (trees of 8 nodes, with or without a lookup
+    chain: the prompt repeats, so it finds one) follow the target's own distribution (chi-square over 2,000
+    runs); the same test rejects samples taken at another temperature."""
     drafter = EagleDrafter(tiny, trained_head)
     exact = exact_marginals(tiny, prompt)
-    counts, accepted = emitted_counts(tiny, drafter, prompt, 2000, temperature=1.0)
+    counts, accepted = emitted_counts(tiny, drafter, prompt, 2000, temperature=1.0,
+                                       lookup=deep_lookup() if lookup else None)
     assert accepted > 600, f"only {accepted} draft tokens accepted: the test would not exercise verification"
     for position in range(3):
         c, p = pooled(counts[position], exact[position])
         assert chi_square(c, p) < chi_square_critical(len(c) - 1), f"token {position + 1}"
-    biased, _ = emitted_counts(tiny, drafter, prompt, 1000, temperature=0.7)
+    biased, _ = emitted_counts(tiny, drafter, prompt, 1000, temperature=0.7,
+                                 lookup=deep_lookup() if lookup else None)
     c, p = pooled(biased[2], exact[2])
     assert chi_square(c, p) > chi_square_critical(len(c) - 1)
 
@@ -316,3 +319,5 @@ def test_greedy_equals_plain_greedy_embedded():
         plain = generate(target, prompt, 40)
         for shape in (dict(total_tokens=16, depth=4, draft_top_k=4), dict(total_tokens=5, depth=4, draft_top_k=1)):
             assert speculative_generate(target, drafter, prompt, 40, **shape).tokens == plain.tokens
+        assert speculative_generate(target, drafter, prompt * 2, 40, lookup=NgramLookup()).tokens == \
+            generate(target, prompt * 2, 40).tokens

@@ -8,8 +8,10 @@ import torch
 
 from . import ops
 from .drafters.eagle import TREE
+from .drafters.ngram import NgramLookup
 from .models import Transformer
 from .reference import sample_from, target_probs
+from .tree import MAX_TREE_NODES
 
 
 @dataclass
@@ -95,10 +97,12 @@ def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int]
                          temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                          stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
                          total_tokens: int = TREE["total_tokens"], depth: int = TREE["depth"],
-                         draft_top_k: int = TREE["draft_top_k"]) -> GenerationResult:
+                         draft_top_k: int = TREE["draft_top_k"], lookup: Optional[NgramLookup] = None
+                         ) -> GenerationResult:
     """Each step the drafter grows a tree (`total_tokens` nodes with the root, `depth` levels, `draft_top_k`
-    children per expanded node; draft_top_k = 1 is a chain), the target verifies it in one forward, the
-    tree ops accept a path (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
+    children per expanded node; draft_top_k = 1 is a chain), `lookup` (if given; it is reset) grafts its
+    prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
+    (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
     The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
     prompt = _check_prompt(target, prompt_ids, max_new_tokens)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -107,6 +111,9 @@ def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int]
     logits, hidden = _prefill(target, prompt)
     new_tokens = [choose_token(logits[0, -1], temperature, top_p, top_k, generator)]
     drafter.reset()
+    if lookup is not None:
+        lookup.reset()
+        lookup.extend(prompt)
     # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path.
     pending, features = prompt[1:], hidden[0]
     while True:
@@ -115,9 +122,13 @@ def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int]
         tick = time.perf_counter()
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending = []
-        size = min(total_tokens, target.max_seq_len - int(target.cache_lens[0]))  # >= 1: room for the root
+        room = min(target.max_seq_len - int(target.cache_lens[0]), MAX_TREE_NODES)  # >= 1: room for the root
+        size = min(total_tokens, room)
         draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, size, min(depth, size - 1),
                                   draft_top_k)
+        if lookup is not None:
+            lookup.extend(new_tokens)
+            draft = lookup.graft(draft, room)
         tock = time.perf_counter()
         logits, hidden = target(draft.tokens, draft.positions(target.cache_lens), draft.mask())
         if temperature == 0:

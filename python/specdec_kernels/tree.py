@@ -128,3 +128,23 @@ class DraftTree:
     def sizes(self) -> torch.Tensor:
         """Real (non-padding) nodes per tree."""
         return (self.parents != PADDING_PARENT).sum(1)
+
+
+def graft_chain(draft: DraftTree, chain: list, max_nodes: int) -> DraftTree:
+    """One tree (B = 1) with `chain` (token ids) as a path below its root: where a node on the way already has
+    a child holding the chain's next token the path follows it, else the rest of the chain becomes new nodes
+    at the end (siblings stay distinct, the order topological), as long as the tree has fewer than max_nodes."""
+    if draft.tokens.shape[0] != 1:
+        raise ValueError(f"graft_chain takes one tree, got B = {draft.tokens.shape[0]}")
+    tokens, parents = draft.tokens[0].tolist(), draft.parents[0].tolist()
+    node, added = 0, False
+    for token in chain:
+        child = next((i for i in range(node + 1, len(tokens)) if parents[i] == node and tokens[i] == token), None)
+        if child is None:
+            if len(tokens) >= max_nodes:
+                break
+            tokens.append(token)
+            parents.append(node)
+            child, added = len(tokens) - 1, True
+        node = child
+    return DraftTree(torch.tensor([tokens]), torch.tensor([parents])) if added else draft

@@ -78,11 +78,13 @@ def run_vanilla(h: Harness, prompt_ids):
     return result.tokens, result.seconds, result.steps + 1
 
 
-def _run_speculative(h: Harness, prompt_ids, shape):
+def _run_speculative(h: Harness, prompt_ids, shape, lookup=False):
+    from specdec_kernels.drafters import NgramLookup
     from specdec_kernels.generate import speculative_generate
 
     result = speculative_generate(h.model, h.drafter, prompt_ids, h.max_new_tokens, h.temperature, seed=0,
-                                  stop_tokens=[h.tokenizer.eos_token_id], **shape)
+                                  stop_tokens=[h.tokenizer.eos_token_id], lookup=NgramLookup() if lookup else None,
+                                  **shape)
     return result.tokens, result.seconds, result.steps + 1
 
 
@@ -106,6 +108,9 @@ METHODS = {
     "hf-pld": lambda h, ids: _run_hf(h, ids, prompt_lookup_num_tokens=10),
     "chain": lambda h, ids: _run_speculative(h, ids, h.chain),
     "eagle2": lambda h, ids: _run_speculative(h, ids, h.tree),
+    # the same drafts with a prompt-lookup chain grafted in (drafters.ngram)
+    "chain-pld": lambda h, ids: _run_speculative(h, ids, h.chain, lookup=True),
+    "eagle2-pld": lambda h, ids: _run_speculative(h, ids, h.tree, lookup=True),
 }
 
 
