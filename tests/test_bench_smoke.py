@@ -40,12 +40,13 @@ def test_e2e_json_keys(tmp_path):
     parser = argparse.ArgumentParser()
     e2e.add_arguments(parser)
     out = tmp_path / "e2e.json"
-    args = parser.parse_args(["--prompts", str(prompts), "--methods", "vanilla,chain,eagle2", "--max-new-tokens", "8",
+    methods = ("vanilla", "chain", "eagle2", "chain-pld", "eagle2-pld")
+    args = parser.parse_args(["--prompts", str(prompts), "--methods", ",".join(methods), "--max-new-tokens", "8",
                               "--json", str(out)])
     assert e2e.run(args) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["x_digits"] == RUNNER_X_DIGITS
-    for method in ("vanilla", "chain", "eagle2"):
+    for method in methods:
         assert set(result["methods"][method]) >= {"tokens_per_s", "speedup", "mean_accepted"}
     for record in result["prompts"]:
         assert set(record) >= {"question_id", "category", "method", "new_tokens", "seconds", "steps", "mean_accepted",

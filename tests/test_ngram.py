@@ -48,6 +48,8 @@ def test_chain_lengths_follow_the_match_buckets():
         assert lookup.chain_length(match, False) == LENGTH_OTHERWISE[bucket]
     with pytest.raises(ValueError, match="max_ngram must be at least 1"):
         NgramLookup(max_ngram=0)
+    with pytest.raises(ValueError, match="one entry per match bucket"):
+        NgramLookup(otherwise=(1, 2))
 
 
 @settings(max_examples=200, deadline=None)

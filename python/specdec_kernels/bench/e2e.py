@@ -19,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=int, help="at most this many prompts per category")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write a PNG of tokens/s per method and category here")
-    parser.add_argument("--head", help="EAGLE head for chain/eagle2 (default: the one shipped for the model)")
+    parser.add_argument("--head", help="EAGLE head for chain, eagle2 and their -pld forms (default: the one shipped for the model)")
     parser.add_argument("--tree", default=None, help="eagle2 tree as TOTAL_TOKENS,DEPTH,TOP_K (default: "
                         "drafters.eagle.TREE)")
     parser.add_argument("--chain-length", type=int, default=None, help="draft tokens per chain step (default: "
@@ -186,7 +186,7 @@ def plot(records, methods, path):
         ax.bar([j + i * width for j in range(len(categories))], rates, width, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, rotation=20)
     ax.set_ylabel("tokens/s")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # outside: bars fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

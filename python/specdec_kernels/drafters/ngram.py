@@ -26,7 +26,11 @@ class NgramLookup:
                  otherwise=LENGTH_OTHERWISE):
         if max_ngram < 1:
             raise ValueError(f"max_ngram must be at least 1, got {max_ngram}")
+        if not len(if_head_agrees) == len(otherwise) == len(MATCH_BUCKETS):
+            raise ValueError(f"chain lengths take one entry per match bucket {MATCH_BUCKETS}, got "
+                             f"{len(if_head_agrees)} and {len(otherwise)}")
         self.max_ngram, self.if_head_agrees, self.otherwise = max_ngram, if_head_agrees, otherwise
+        self.longest = max(max(if_head_agrees), max(otherwise))
         self.reset()
 
     def reset(self):
@@ -60,8 +64,7 @@ class NgramLookup:
     def graft(self, draft: tree.DraftTree, max_nodes: int) -> tree.DraftTree:
         """The draft (one tree) with the lookup chain grafted below its root (tree.graft_chain); the head agrees
         when the chain's first token is node 1, the drafter's top-1 child (EagleDrafter's first candidate)."""
-        longest = max(max(self.if_head_agrees), max(self.otherwise))
-        chain, match = self.propose(longest)
+        chain, match = self.propose(self.longest)
         if not chain:
             return draft
         agrees = draft.tokens.shape[1] > 1 and int(draft.tokens[0, 1]) == chain[0]
