@@ -2,6 +2,7 @@
 import sys
 
 from .drafters import EagleDrafter, NgramLookup, default_head_path
+from .drafters.eagle import SHAPE_WITH_LOOKUP, TREE
 from .generate import generate, speculative_generate
 from .hf import chat_prompt_ids, load_tokenizer
 from .models import RUNNER_X_DIGITS, embedded_model_path, load_model
@@ -17,7 +18,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--head", help="EAGLE head (default: the one shipped for the model, if any)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, one token per forward")
-    parser.add_argument("--no-lookup", action="store_true", help="EAGLE-2 trees without the prompt-lookup chain")
+    parser.add_argument("--no-lookup", action="store_true", help="EAGLE-2 trees (drafters.eagle.TREE) instead of the "
+                        "head's chain with a prompt-lookup chain (SHAPE_WITH_LOOKUP)")
     parser.add_argument("--x-digits", type=int, default=RUNNER_X_DIGITS, help="activation digits of the target's GEMMs "
                         "on the CPU integer paths (ops.w4a16_gemm; the drafter keeps drafters.eagle.DRAFT_X_DIGITS)")
 
@@ -40,13 +42,14 @@ def run(args):
     head = None if args.no_draft else args.head or default_head_path(path)
     if head:
         drafter = EagleDrafter.from_file(head, model)
+        lookup = None if args.no_lookup else NgramLookup()
         result = speculative_generate(model, drafter, prompt, args.max_new_tokens, args.temperature, args.top_p,
-                                      args.top_k, args.seed, lookup=None if args.no_lookup else NgramLookup(),
-                                      **options)
+                                      args.top_k, args.seed, lookup=lookup,
+                                      **options, **(TREE if lookup is None else SHAPE_WITH_LOOKUP))
     else:
         result = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
                           **options)
-    drafts = "" if not head else " (EAGLE-2 drafts)" if args.no_lookup else " (EAGLE-2 + prompt-lookup drafts)"
+    drafts = "" if not head else " (EAGLE-2 trees)" if args.no_lookup else " (EAGLE chain + prompt lookup)"
     print(f"\n[{len(result.tokens)} tokens in {result.seconds:.2f} s: {len(result.tokens) / result.seconds:.1f} tokens/s, "
           f"{result.mean_accepted:.2f} tokens per target forward{drafts}]")
     return 0

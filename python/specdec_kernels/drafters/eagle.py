@@ -41,6 +41,11 @@ def chain_shape(length: int) -> dict:
     return dict(total_tokens=length + 1, depth=length, draft_top_k=1)
 
 
+# With a prompt-lookup chain grafted in (drafters.ngram), the head's chain of 1 ran fastest here: 1.33-1.38x
+# against 1.26-1.33x for TREE (NOTES, "prompt lookup"); `specdec generate` drafts so.
+SHAPE_WITH_LOOKUP = chain_shape(1)
+
+
 def default_head_path(model_path: str) -> Optional[str]:
     """The shipped head for a GGUF file (heads/<file name>.eagle.pt), or None when there is none."""
     name = os.path.splitext(os.path.basename(model_path))[0]
