@@ -251,7 +251,9 @@ void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0
 // or 2 or 1. With 3 digits kRows = 3 (a weight row feeds 9 sums; 18 accumulators): three rows in one pass
 // instead of 2 + 1 took the runner's T = 3 forward from ~1.3x to ~1.2x its T = 2 forward (Zen 5). With 1 or
 // 2 digits kRows = 4 (8 or 16 sums): fastest of 3, 4, 6 and 8 rows at M = 4..16 on Zen 5 (1 digit, M = 16:
-// 141 us against 171 / 159 / 186; 2 digits: 223-235 against 235-245 for 3 rows, and M = 4 in one pass).
+// 141 us against 171 / 159 / 186; 2 digits: 223-235 against 235-245 for 3 rows, and M = 4 in one pass);
+// the last 3 or 5 rows go as 3 or 3 + 2, never with a lone row: 2 digits, T = 3 forward 1.03-1.17x its
+// T = 1 forward against 1.35-1.37x as 2 + 1 (T = 7: 1.6-1.76x against 1.8-1.95x; three rounds).
 template <int D, int STEP, class Weights>
 void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
   const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
@@ -277,8 +279,10 @@ void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end
         write_out(a, yacc, row, rows, tile0, 2);
         row += rows;
       };
-      if (left >= kRows && !(kRows == 3 && left == 4))  // 4 rows as 2 + 2, not 3 + a lone row
+      if (left >= kRows && !(kRows == 3 && left == 4) && !(kRows == 4 && left == 5))  // no lone last row
         block(std::integral_constant<int, kRows>{});
+      else if (left >= 3)  // kRows = 4: 3 rows in one pass, not 2 + 1; 5 rows as 3 + 2
+        block(std::integral_constant<int, 3>{});
       else if (left >= 2)
         block(std::integral_constant<int, 2>{});
       else
