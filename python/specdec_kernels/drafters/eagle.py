@@ -41,8 +41,8 @@ def chain_shape(length: int) -> dict:
     return dict(total_tokens=length + 1, depth=length, draft_top_k=1)
 
 
-# With a prompt-lookup chain grafted in (drafters.ngram), the head's chain of 1 ran fastest here: 1.33-1.38x
-# against 1.26-1.33x for TREE (NOTES, "prompt lookup"); `specdec generate` drafts so.
+# With a prompt-lookup chain grafted in (drafters.ngram), the head's chain of 1 ran fastest here: 1.33-1.45x
+# against 1.26-1.34x for TREE in six runs (NOTES, "prompt lookup"); `specdec generate` drafts so.
 SHAPE_WITH_LOOKUP = chain_shape(1)
 
 
