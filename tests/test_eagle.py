@@ -187,6 +187,30 @@ def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape, lookup):
         assert sum(spec.accepted_per_step[:-1]) < len(spec.tokens) - 1 <= sum(spec.accepted_per_step)
 
 
+def test_draft_state_follows_the_target(tiny, trained_head):
+    """After decoding, the drafter's cache holds exactly the pairs of the committed sequence, computed from
+    the target's features of that sequence (not those of rejected drafts); a sequence that differs in one
+    token gives a different cache (the comparison can fail)."""
+    head = trained_head
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    prompt = [1, 5, 7, 9]
+    out = speculative_generate(tiny, drafter, prompt, 25, total_tokens=12, depth=3, draft_top_k=3)
+    assert max(out.accepted_per_step) > 1, "no draft token was accepted: the test would not see stale state"
+    sequence, n = prompt + out.tokens, drafter.length
+    assert len(prompt) < n < len(sequence)
+
+    def rebuilt(tokens):  # the drafter's first n cache rows, built at once from the target's features
+        tiny.setup_cache(1, 128)
+        _, hidden = tiny(torch.tensor([tokens[:n]]))
+        fresh = EagleDrafter(tiny, head, quantize=False)
+        fresh.extend(torch.tensor(tokens[1: n + 1]), hidden[0])
+        return fresh.k_cache[0, :n]
+
+    torch.testing.assert_close(drafter.k_cache[0, :n], rebuilt(sequence), atol=1e-4, rtol=1e-4)
+    altered = sequence[:n - 3] + [(sequence[n - 3] + 1) % 40] + sequence[n - 2:]
+    assert not torch.allclose(drafter.k_cache[0, :n], rebuilt(altered), atol=1e-4, rtol=1e-4)
+
+
 def test_lookup_chain_is_grafted_within_the_cache(tiny, trained_head):
     """A repeated prompt makes the lookup graft chains (trees larger than total_tokens); near the end of the
     cache each tree, lookup chain included, fits in the room left (and fills it); the output stays plain
