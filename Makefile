@@ -31,6 +31,7 @@ bench: install
 	$(PY) -m specdec_kernels.cli bench w4a16 --json benchmarks/results/w4a16_cpu.json --plot benchmarks/results/w4a16_cpu.png
 	$(PY) -m specdec_kernels.cli bench tree-attention --json benchmarks/results/tree_attention_cpu.json
 	$(PY) -m specdec_kernels.cli bench verify --json benchmarks/results/verify_cpu.json
+	$(PY) -m specdec_kernels.cli bench forward --json benchmarks/results/forward_cpu.json
 	$(PY) -m specdec_kernels.cli bench e2e --methods vanilla,hf,hf-pld,chain,eagle2,chain-pld,eagle2-pld --max-new-tokens 128 --json benchmarks/results/e2e_cpu.json --plot benchmarks/results/e2e_cpu.png
 
 # Compile every .cu for sm_80 and sm_90a without a GPU; print ptxas' per-kernel register/spill

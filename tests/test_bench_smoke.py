@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from specdec_kernels.bench import e2e, tree_attention, verify, w4a16
+from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
 from specdec_kernels.bench.common import CacheFlusher
 from specdec_kernels.models import RUNNER_X_DIGITS
 
@@ -31,6 +31,24 @@ def test_verify_point_and_naive_agree():
 
     accept_idx, accept_len, ours_bonus = ops.tree_verify_greedy(tokens, parents, logits)
     assert path.tolist() == accept_idx[0, : int(accept_len[0])].tolist() and bonus == int(ours_bonus[0])
+
+
+def test_forward_cost_rows(tmp_path):
+    from tiny_models import write_tiny_gguf
+
+    from specdec_kernels.models import load_model
+
+    path = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(path)
+    model = load_model(path)
+    rows = forward.measure(model, [4, 2], cache=8, repeats=2, bandwidth=1e10, target_speedup=1.5)
+    assert [row["T"] for row in rows] == [1, 2, 4]  # T = 1, the reference, is always measured
+    assert rows[0]["vs_T1"] == 1 and rows[0]["tokens_per_forward_needed"] == 1.5
+    assert all(row["ms"] > 0 and row["memory_roofline"] > 0 for row in rows)
+    assert int(model.cache_lens[0]) == 8  # timing commits nothing
+    assert forward.weight_bytes(model) > 0
+    with pytest.raises(ValueError, match="exceeds"):
+        forward.measure(model, [8], cache=model.max_seq_len - 4, repeats=1, bandwidth=1e10, target_speedup=1.5)
 
 
 @pytest.mark.model

@@ -14,6 +14,7 @@ BENCHES = {
     "w4a16": "specdec_kernels.bench.w4a16",
     "tree-attention": "specdec_kernels.bench.tree_attention",
     "verify": "specdec_kernels.bench.verify",
+    "forward": "specdec_kernels.bench.forward",
     "e2e": "specdec_kernels.bench.e2e",
 }
 

@@ -1,0 +1,80 @@
+"""Target forward cost per verified tree size: the runner's forward over T draft nodes against its T = 1 forward.
+
+This ratio decides which draft trees pay on a machine. A step that verifies T nodes and emits tau tokens
+(tokens per forward) runs at about tau / (forward(T) / forward(1)) times plain decoding, before drafting costs:
+the table shows the tau each T needs for `--target-speedup`. Where the GEMMs are bandwidth-bound (a GPU, or
+a CPU with many cores per byte of weights) the ratio stays near 1 for dozens of nodes; where they are
+compute-bound it grows with every node. All sizes run interleaved in one process on the same cache; the
+memory roofline is the packed weights' bytes over the measured copy bandwidth.
+"""
+import torch
+
+from specdec_kernels import tree
+from specdec_kernels.bench.common import copy_bandwidth, machine_info, print_table, time_interleaved, write_json
+
+TOKENS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="tree sizes T (comma-separated)")
+    parser.add_argument("--cache", type=int, default=200, help="tokens already in the cache (a prompt)")
+    parser.add_argument("--target-speedup", type=float, default=1.5)
+    parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the GEMMs "
+                        "(default: models.RUNNER_X_DIGITS)")
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--json", help="write the points here")
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a forward streams from its packed layers (weights, scales, mins); the embedding rows are few."""
+    return sum(t.numel() * t.element_size() for m in model.modules() for t in (getattr(m, "packed", None) or ()))
+
+
+def chain_forward(model, t: int, seed: int):
+    """A forward over a chain of t random tokens after the cache (a tree's cost depends on T, not its shape)."""
+    tokens = torch.randint(0, model.config.vocab_size, (1, t), generator=torch.Generator().manual_seed(seed))
+    if t == 1:
+        return lambda: model(tokens)
+    draft = tree.DraftTree.chain(tokens)
+    positions, mask = draft.positions(model.cache_lens), draft.mask()
+    return lambda: model(tokens, positions, mask)
+
+
+@torch.inference_mode()
+def measure(model, sizes, cache: int, repeats: int, bandwidth: float, target_speedup: float) -> list:
+    """-> one row per T: ms, the ratio to T = 1, the tokens per forward that T needs for target_speedup."""
+    if cache + max(sizes) > model.max_seq_len:
+        raise ValueError(f"cache {cache} + T {max(sizes)} exceeds the model's {model.max_seq_len} positions")
+    sizes = sorted(set(sizes) | {1})
+    model.setup_cache(1, model.max_seq_len) if model.cache_lens.shape[0] != 1 else model.reset()
+    if cache:
+        prompt = torch.randint(0, model.config.vocab_size, (1, cache), generator=torch.Generator().manual_seed(0))
+        model(prompt, logits_to_keep=1)
+        model.commit(cache)
+    times = time_interleaved({t: chain_forward(model, t, seed=t) for t in sizes}, repeats=repeats)
+    base, bytes_read = times[1], weight_bytes(model)
+    return [{"T": t, "ms": s * 1e3, "vs_T1": s / base, "tokens_per_forward_needed": target_speedup * s / base,
+             "memory_roofline": bytes_read / bandwidth / s} for t, s in times.items()]
+
+
+def run(args):
+    from specdec_kernels.models import RUNNER_X_DIGITS, embedded_model_path, load_model
+
+    path = args.model or embedded_model_path()
+    model = load_model(path, x_digits=args.x_digits or RUNNER_X_DIGITS)
+    bandwidth = copy_bandwidth()
+    info = machine_info(torch.device("cpu"))
+    sizes = [int(t) for t in args.tokens.split(",")]
+    print(f"# runner forward over T tree nodes, {info['cpu_isa']}, {info['threads']} threads, cache {args.cache}; "
+          f"{weight_bytes(model) / 2**20:.0f} MiB of packed weights, copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"median of {args.repeats} interleaved runs")
+    rows = measure(model, sizes, args.cache, args.repeats, bandwidth, args.target_speedup)
+    print_table(rows, [("T", "T", "{}"), ("ms", "ms", "{:.2f}"), ("vs_T1", "x T=1", "{:.2f}"),
+                       ("tokens_per_forward_needed", f"tokens/forward for {args.target_speedup}x", "{:.2f}"),
+                       ("memory_roofline", "memory roofline", "{:.0%}")])
+    if args.json:
+        write_json(args.json, {"machine": info, "model": path, "cache": args.cache, "copy_bandwidth_GBps": bandwidth / 1e9,
+                               "weight_bytes": weight_bytes(model), "target_speedup": args.target_speedup,
+                               "points": rows})
+    return 0
