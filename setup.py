@@ -20,7 +20,7 @@ def want_cuda() -> bool:
 
 def extension():
     cxx = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
-    sources = ["csrc/torch_bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/torch_bindings.cpp", "csrc/decoder_stack.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc/include"), os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if not want_cuda():
         return CppExtension("specdec_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)

@@ -55,6 +55,7 @@ TORCH_LIBRARY(specdec, m) {
 
 #include <string>
 
+#include "decoder_stack.h"
 #include "specdec/cpu_isa.h"
 
 namespace {
@@ -95,4 +96,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   Direct<Tensor(CTensor)>::def(direct, "silu_and_mul");
   Direct<Tensor(CTensor, CTensor, CTensor, CTensor, CTensor, CTensor, Tensor&, Tensor&, CTensor)>::def(
       direct, "rope_and_cache");
+
+  namespace py = pybind11;
+  py::class_<specdec::PackedLinear>(m, "PackedLinear", "A prepacked W4A16/W8A16 layer for DecoderStack.")
+      .def(py::init<Tensor, Tensor, Tensor, int64_t, int64_t, int64_t, int64_t>(), py::arg("qweight"),
+           py::arg("scales"), py::arg("mins"), py::arg("group_size"), py::arg("out_features"), py::arg("x_digits"),
+           py::arg("weight_bits"));
+  py::class_<specdec::DecoderLayer>(m, "DecoderLayer", "One Llama decoder layer's norms and layers.")
+      .def(py::init<Tensor, Tensor, specdec::PackedLinear, specdec::PackedLinear, specdec::PackedLinear,
+                    specdec::PackedLinear>(),
+           py::arg("attn_norm"), py::arg("ffn_norm"), py::arg("wqkv"), py::arg("wo"), py::arg("w_gate_up"),
+           py::arg("w_down"));
+  py::class_<specdec::DecoderStack>(m, "DecoderStack", "The runner's decoder layers as one eager call (models/llama.py).")
+      .def(py::init<std::vector<specdec::DecoderLayer>, int64_t, int64_t, int64_t, double>(), py::arg("layers"),
+           py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("eps"))
+      .def("forward", &specdec::DecoderStack::forward, py::arg("x"), py::arg("positions"), py::arg("rope_cos"),
+           py::arg("rope_sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("tree_mask"));
 }

@@ -157,7 +157,44 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
     return _from_zero_points(q, zeros, scales, group_size)
 
 
-# ---------------------------------------------------------------- the module
+# ---------------------------------------------------------------- the modules
+# Counts changes to what fused forms of a model read from its packed layers (the prepacked tensors, x_digits)
+# and from its blocks (models.llama's C++ DecoderStack): it remakes itself when the count has moved.
+_layout_changes = 0
+
+
+def layout_changes() -> int:
+    return _layout_changes
+
+
+def note_layout_change() -> None:
+    global _layout_changes
+    _layout_changes += 1
+
+
+class PackedLayer(torch.nn.Module):
+    """A layer whose weight lives in its backend's prepacked layout (`packed`, made by `_pack` when the layer
+    is built or moved) and that multiplies its activations with `x_digits` digits."""
+
+    def _prepack(self):
+        self._pack()
+        note_layout_change()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._prepack()
+        return self
+
+    @property
+    def x_digits(self) -> int:
+        return self._x_digits
+
+    @x_digits.setter
+    def x_digits(self, value: int):
+        self._x_digits = value
+        note_layout_change()
+
+
 def set_x_digits(module: torch.nn.Module, x_digits: int) -> torch.nn.Module:
     """Every packed layer in `module` multiplies its activations with x_digits digits (ops.w4a16_gemm)."""
     if x_digits not in (1, 2, 3):
@@ -181,7 +218,7 @@ def apply_packed(layer: torch.nn.Module, gemm, x: torch.Tensor) -> torch.Tensor:
     return y if bias is None else y + bias.to(y.dtype)
 
 
-class W4A16Linear(torch.nn.Module):
+class W4A16Linear(PackedLayer):
     """y = x @ W.T + bias with W held in 4 bits. Keeps the canonical form as buffers (state_dict,
     .to()) and its backend's prepacked layout beside it, re-packed whenever the module moves."""
 
@@ -205,13 +242,8 @@ class W4A16Linear(torch.nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(quantize_rtn(linear.weight, group_size, symmetric), bias)
 
-    def _prepack(self):
+    def _pack(self):
         self.packed = ops.w4a16_prepack(self.qweight, self.scales, self.mins, self.group_size)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._prepack()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return apply_packed(self, ops.w4a16_gemm, x)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from specdec_kernels import ops
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, apply_packed, quantize_rtn, set_x_digits
+from specdec_kernels.quant import PackedLayer, QuantizedWeight, W4A16Linear, apply_packed, quantize_rtn, set_x_digits
 from specdec_kernels.reference import pack_int4
 
 
@@ -24,7 +24,7 @@ class SumOfLinears(nn.Module):
         return y
 
 
-class W8A16Linear(nn.Module):
+class W8A16Linear(PackedLayer):
     """y = x @ W.T + bias, W[n, k] = scales[n, k // G] * q[n, k] + mins[n, k // G], q uint8 [N, K] (0..255).
 
     One byte per weight through w8a16_gemm on CPU (with VNNI one integer dot product per 4 weights); elsewhere
@@ -45,7 +45,7 @@ class W8A16Linear(nn.Module):
         self.register_buffer("bias", bias)
         self._prepack()
 
-    def _prepack(self):
+    def _pack(self):
         self.packed = self.planes = None
         if ops.w8a16_supported(self.qweight.device):
             self.packed = ops.w8a16_prepack(self.qweight, self.scales, self.mins, self.group_size)
@@ -54,11 +54,6 @@ class W8A16Linear(nn.Module):
         hi = QuantizedWeight(pack_int4(q >> 4), 16 * s, self.mins, self.group_size)
         lo = QuantizedWeight(pack_int4(q & 15), s, torch.zeros_like(s), self.group_size)
         self.planes = set_x_digits(SumOfLinears([W4A16Linear(hi, self.bias), W4A16Linear(lo)]), self.x_digits)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._prepack()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.planes is not None:
