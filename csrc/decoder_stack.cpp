@@ -19,26 +19,23 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow((std::string("specdec::") + name).c_str(), "").typed<Sig>();
 }
 
-struct Ops {
-  c10::TypedOperatorHandle<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t)> w4a16, w8a16;
-  c10::TypedOperatorHandle<Tensor(CTensor, CTensor, double)> rms_norm;
-  c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(CTensor, CTensor, CTensor, double)> add_rms_norm;
-  c10::TypedOperatorHandle<Tensor(CTensor)> silu_and_mul;
-  c10::TypedOperatorHandle<Tensor(CTensor, CTensor, CTensor, CTensor, CTensor, CTensor, Tensor&, Tensor&, CTensor)>
-      rope_and_cache;
-  c10::TypedOperatorHandle<Tensor(CTensor, CTensor, CTensor, CTensor, const std::optional<Tensor>&, double)>
-      tree_attention;
+using Gemm = Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t);
+using RmsNorm = Tensor(CTensor, CTensor, double);
+using AddRmsNorm = std::tuple<Tensor, Tensor>(CTensor, CTensor, CTensor, double);
+using SiluAndMul = Tensor(CTensor);
+using RopeAndCache = Tensor(CTensor, CTensor, CTensor, CTensor, CTensor, CTensor, Tensor&, Tensor&, CTensor);
+using TreeAttention = Tensor(CTensor, CTensor, CTensor, CTensor, const std::optional<Tensor>&, double);
+
+struct Ops {  // the handles, found once
+  c10::TypedOperatorHandle<Gemm> w4a16 = op<Gemm>("w4a16_gemm"), w8a16 = op<Gemm>("w8a16_gemm");
+  c10::TypedOperatorHandle<RmsNorm> rms_norm = op<RmsNorm>("rms_norm");
+  c10::TypedOperatorHandle<AddRmsNorm> add_rms_norm = op<AddRmsNorm>("add_rms_norm");
+  c10::TypedOperatorHandle<SiluAndMul> silu_and_mul = op<SiluAndMul>("silu_and_mul");
+  c10::TypedOperatorHandle<RopeAndCache> rope_and_cache = op<RopeAndCache>("rope_and_cache");
+  c10::TypedOperatorHandle<TreeAttention> tree_attention = op<TreeAttention>("tree_attention");
 
   static const Ops& get() {
-    static const Ops ops{op<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t)>("w4a16_gemm"),
-                         op<Tensor(CTensor, CTensor, CTensor, CTensor, int64_t, int64_t, int64_t)>("w8a16_gemm"),
-                         op<Tensor(CTensor, CTensor, double)>("rms_norm"),
-                         op<std::tuple<Tensor, Tensor>(CTensor, CTensor, CTensor, double)>("add_rms_norm"),
-                         op<Tensor(CTensor)>("silu_and_mul"),
-                         op<Tensor(CTensor, CTensor, CTensor, CTensor, CTensor, CTensor, Tensor&, Tensor&, CTensor)>(
-                             "rope_and_cache"),
-                         op<Tensor(CTensor, CTensor, CTensor, CTensor, const std::optional<Tensor>&, double)>(
-                             "tree_attention")};
+    static const Ops ops;
     return ops;
   }
 };
