@@ -2,10 +2,9 @@
 grafting a chain into a draft tree keeps the tree valid and the drafts it had."""
 import pytest
 import torch
+from helpers import trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_strategies import trees
-
 from specdec_kernels import tree
 from specdec_kernels.drafters import NgramLookup
 from specdec_kernels.drafters.ngram import LENGTH_IF_HEAD_AGREES, LENGTH_OTHERWISE

@@ -1,20 +1,9 @@
 import pytest
 import torch
+from helpers import trees, verified_paths
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_strategies import trees
-
 from specdec_kernels import ops, reference
-
-
-def verified_paths(tokens, parents, seed):
-    logits = torch.randn(*tokens.shape, 6, generator=torch.Generator().manual_seed(seed))
-    for b in range(tokens.shape[0]):  # make walks go deep
-        for c in range(1, tokens.shape[1]):
-            if int(parents[b, c]) >= 0:
-                logits[b, parents[b, c], tokens[b, c]] += 4
-    accept_idx, accept_len, _ = ops.tree_verify_greedy(tokens, parents, logits)
-    return accept_idx, accept_len
 
 
 @settings(max_examples=40, deadline=None)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
 from specdec_kernels.bench.common import CacheFlusher
 from specdec_kernels.models import RUNNER_X_DIGITS
@@ -34,8 +33,7 @@ def test_verify_point_and_naive_agree():
 
 
 def test_forward_cost_rows(tmp_path):
-    from tiny_models import write_tiny_gguf
-
+    from helpers import write_tiny_gguf
     from specdec_kernels.models import load_model
 
     path = str(tmp_path / "tiny.gguf")
@@ -75,8 +73,7 @@ def test_e2e_json_keys(tmp_path):
 def test_torch_int4_baseline_computes_the_same_weights():
     """The int4 baseline is only a fair comparison if it multiplies by the same weights: torch computes
     W = (q - 8) * s + z, so the benchmark passes z = m + 8 s."""
-    from w4a16_samples import random_quantized
-
+    from helpers import random_quantized
     from specdec_kernels import quant, reference
 
     qw = random_quantized(64, 256, 128, scale_dtype=torch.float32)

@@ -4,15 +4,13 @@ import contextlib
 
 import pytest
 import torch
+from helpers import trees, write_tiny_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from specdec_kernels import tree
 from specdec_kernels.models import embedded_model_path, load_gguf
 from specdec_kernels.models.layers import RowwiseLinear
 from specdec_kernels.quant import set_x_digits
-from tiny_models import write_tiny_gguf
-from tree_strategies import trees
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ references: odd and vector-boundary sizes, every dtype and ISA, strided inputs, 
 batch invariance (with a negative control), opcheck, and bad inputs (each in its own function)."""
 import pytest
 import torch
-from conftest import TOLERANCES
-from w4a16_samples import ISAS, cpu_isa, isa_supported
-
+from helpers import ISAS, TOLERANCES, cpu_isa, isa_supported
 from specdec_kernels import ops, reference
 
 SUPPORTED_ISAS = [isa for isa in ISAS if isa_supported(isa)]

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from specdec_kernels import quant
 from specdec_kernels.models import load_gguf, load_hf, load_model
 from specdec_kernels.models.llama import pair_rows

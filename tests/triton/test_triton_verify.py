@@ -2,11 +2,9 @@
 tested for losslessness statistically in test_verify.py). CPU: under TRITON_INTERPRET=1, fp32/fp16 logits."""
 import pytest
 import torch
+from helpers import logits_favouring_children, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_verify import logits_favouring_children
-from tree_strategies import trees
-
 from specdec_kernels import reference
 
 pytestmark = pytest.mark.triton

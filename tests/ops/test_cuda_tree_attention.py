@@ -1,12 +1,9 @@
 """CUDA tree_attention vs the reference (run wherever a GPU exists; skipped elsewhere)."""
 import pytest
 import torch
-from conftest import TOLERANCES
+from helpers import TOLERANCES, make_inputs, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_tree_attention import make_inputs
-from tree_strategies import trees
-
 from specdec_kernels import ops, reference, tree
 
 pytestmark = pytest.mark.cuda

@@ -2,9 +2,7 @@
 where bfloat16 is silently wrong: fp32/fp16 there, bfloat16 only on a GPU."""
 import pytest
 import torch
-from conftest import TOLERANCES
-from w4a16_samples import SAMPLES, random_quantized
-
+from helpers import SAMPLES, TOLERANCES, random_quantized
 from specdec_kernels import reference
 
 pytestmark = pytest.mark.triton

@@ -1,9 +1,16 @@
 import pytest
 import torch
-from conftest import TOLERANCES, assert_close_to_oracle
-from w4a16_samples import (SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
-                           random_quantized)
-
+from helpers import (
+    SAMPLES,
+    TOLERANCES,
+    W4A16_ISAS,
+    assert_close_to_oracle,
+    assert_tiles_match_vector_kernel,
+    cpu_isa,
+    isa_params,
+    isa_supported,
+    random_quantized,
+)
 from specdec_kernels import W4A16Linear, ops, quant, reference
 
 ISA_PARAMS = isa_params(W4A16_ISAS)

@@ -3,11 +3,10 @@ import os
 
 import pytest
 import torch
-
+from helpers import write_tiny_gguf
 from specdec_kernels import _C, tree
 from specdec_kernels.generate import generate
 from specdec_kernels.models import embedded_model_path, load_gguf
-from tiny_models import write_tiny_gguf
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1345]
 

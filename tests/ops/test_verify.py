@@ -1,28 +1,20 @@
 import pytest
 import torch
+from helpers import (
+    MARKOV,
+    PARENTS_ROW,
+    ROOT_P,
+    TRIALS,
+    VOCAB,
+    chi_square,
+    chi_square_critical,
+    distinct_sibling_tokens,
+    logits_favouring_children,
+    trees,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stats import chi_square, chi_square_critical
-from tree_strategies import distinct_sibling_tokens, trees
-
 from specdec_kernels import ops, reference
-
-
-def random_logits(tokens, vocab, seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*tokens.shape, vocab, generator=g) * 2).to(dtype)
-
-
-def logits_favouring_children(tokens, parents, vocab, seed):
-    """Logits whose argmax often is a child's token, so that walks go deep."""
-    logits = random_logits(tokens, vocab, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    for b in range(tokens.shape[0]):
-        for c in range(1, tokens.shape[1]):
-            parent = int(parents[b, c])
-            if parent >= 0 and torch.rand(1, generator=g) < 0.6:
-                logits[b, parent, tokens[b, c]] += 6
-    return logits
 
 
 # ---------------------------------------------------------------- greedy
@@ -104,11 +96,6 @@ def test_never_accepts_a_zero_probability_token():
 
 
 # ---------------------------------------------------------------- sampling is lossless (statistical)
-VOCAB, TRIALS = 6, 20000
-ROOT_P = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
-# A Markov target: after token x the next-token distribution is MARKOV[x].
-MARKOV = torch.softmax(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(7)), -1)
-PARENTS_ROW = [-1, 0, 0, 0, 1, 1, 2, 4]  # a root with 3 children, depth 3
 
 
 def emitted_pairs(sampled_drafts: bool, bias: bool = False, seed: int = 0):

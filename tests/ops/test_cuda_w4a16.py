@@ -1,9 +1,7 @@
 """CUDA W4A16 kernel vs the reference (run wherever a GPU exists; skipped elsewhere by conftest)."""
 import pytest
 import torch
-from conftest import TOLERANCES
-from w4a16_samples import SAMPLES, random_quantized
-
+from helpers import SAMPLES, TOLERANCES, random_quantized
 from specdec_kernels import W4A16Linear, ops, reference
 
 pytestmark = pytest.mark.cuda

@@ -3,27 +3,15 @@ and ISA, strided inputs, bitwise batch invariance (chains and tree nodes), opche
 its own function)."""
 import pytest
 import torch
-from conftest import TOLERANCES
+from helpers import ATTENTION_ISAS, ISAS, TOLERANCES, cpu_isa, isa_params, make_inputs, parent_rows, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_strategies import parent_rows, trees
-from w4a16_samples import ATTENTION_ISAS, ISAS, cpu_isa, isa_params
-
 from specdec_kernels import ops, reference, tree
 
 ISA_PARAMS = isa_params(ATTENTION_ISAS)  # paths this CPU lacks are skipped, saying so
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (Hq, Hkv, D): SmolLM2, Llama-3-8B, MHA, MQA, small and large head dims, one not a multiple of 32
 HEADS = [(9, 3, 64), (32, 8, 128), (4, 4, 32), (8, 1, 16), (2, 1, 256), (3, 1, 48)]
-
-
-def make_inputs(batch, t, hq, hkv, d, cache_lens, dtype=torch.float32, seed=0, spare=3):
-    g = torch.Generator().manual_seed(seed)
-    s_max = max(cache_lens) + t + spare
-    q = torch.randn(batch, t, hq, d, generator=g).to(dtype)
-    k = torch.randn(batch, s_max, hkv, d, generator=g).to(dtype)
-    v = torch.randn(batch, s_max, hkv, d, generator=g).to(dtype)
-    return q, k, v, torch.tensor(cache_lens, dtype=torch.int32)
 
 
 def assert_matches_reference(q, k, v, lens, mask, scale=None):

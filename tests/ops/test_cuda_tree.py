@@ -1,12 +1,20 @@
 """CUDA tree verification and kv_compact vs the references (run wherever a GPU exists; skipped elsewhere)."""
 import pytest
 import torch
+from helpers import (
+    MARKOV,
+    PARENTS_ROW,
+    ROOT_P,
+    TRIALS,
+    VOCAB,
+    chi_square,
+    chi_square_critical,
+    distinct_sibling_tokens,
+    logits_favouring_children,
+    trees,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_verify import MARKOV, PARENTS_ROW, ROOT_P, TRIALS, VOCAB, chi_square, chi_square_critical, \
-    logits_favouring_children
-from tree_strategies import distinct_sibling_tokens, trees
-
 from specdec_kernels import ops, reference
 
 pytestmark = pytest.mark.cuda

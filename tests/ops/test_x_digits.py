@@ -3,10 +3,16 @@ digits against the float64 model of that rounding (reference.round_x_digits), bi
 digit count, the rounding's error bounds, bad values, and the layers' setting."""
 import pytest
 import torch
-from conftest import assert_close_to_oracle
-from w4a16_samples import (SAMPLES, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
-                           random_quantized, random_w8)
-
+from helpers import (
+    SAMPLES,
+    assert_close_to_oracle,
+    assert_tiles_match_vector_kernel,
+    cpu_isa,
+    isa_params,
+    isa_supported,
+    random_quantized,
+    random_w8,
+)
 from specdec_kernels import ops, quant, reference
 from specdec_kernels.models.layers import W8A16Linear
 
@@ -120,8 +126,7 @@ def test_layers_use_their_setting():
 
 
 def test_load_model_sets_the_runner_digits(tmp_path):
-    from tiny_models import write_tiny_gguf
-
+    from helpers import write_tiny_gguf
     from specdec_kernels.models import RUNNER_X_DIGITS, load_gguf, load_model
 
     path = str(tmp_path / "tiny.gguf")

@@ -2,11 +2,9 @@
 step with the target, greedy output = plain greedy output, sampling reproduces the target distribution."""
 import pytest
 import torch
+from helpers import chi_square, chi_square_critical, pooled, write_tiny_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stats import chi_square, chi_square_critical, pooled
-from tiny_models import write_tiny_gguf
-
 from specdec_kernels import tree
 from specdec_kernels.drafters import EagleDrafter, EagleHead, NgramLookup, default_head_path, select_tree
 from specdec_kernels.drafters.eagle import dense_weight

@@ -1,8 +1,7 @@
 import pytest
 import torch
+from helpers import trees
 from hypothesis import given, settings
-from tree_strategies import trees
-
 from specdec_kernels import reference, tree
 
 

@@ -1,12 +1,9 @@
 """The Triton tree attention vs the reference (CPU: under TRITON_INTERPRET=1, fp32/fp16; bf16 on a GPU only)."""
 import pytest
 import torch
-from conftest import TOLERANCES
+from helpers import TOLERANCES, make_inputs, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_tree_attention import make_inputs
-from tree_strategies import trees
-
 from specdec_kernels import reference, tree
 
 pytestmark = pytest.mark.triton

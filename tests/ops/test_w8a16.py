@@ -1,12 +1,18 @@
 """8-bit weights (w8a16_gemm, models.layers.W8A16Linear: the Q8_0 output head) against the float64 oracle."""
 import pytest
 import torch
-from conftest import assert_close_to_oracle
+from helpers import (
+    SAMPLES,
+    W4A16_ISAS,
+    assert_close_to_oracle,
+    assert_tiles_match_vector_kernel,
+    cpu_isa,
+    isa_params,
+    isa_supported,
+    random_w8,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from w4a16_samples import (SAMPLES, W4A16_ISAS, assert_tiles_match_vector_kernel, cpu_isa, isa_params, isa_supported,
-                           random_w8)
-
 from specdec_kernels import ops, reference
 from specdec_kernels.models.layers import W8A16Linear
 

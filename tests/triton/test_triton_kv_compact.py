@@ -1,11 +1,9 @@
 """The Triton kv_compact vs the reference (CPU: under TRITON_INTERPRET=1; copies are exact in every dtype)."""
 import pytest
 import torch
+from helpers import trees, verified_paths
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_kv_compact import verified_paths
-from tree_strategies import trees
-
 from specdec_kernels import reference
 
 pytestmark = pytest.mark.triton

@@ -1,0 +1,240 @@
+"""What the tests share: tolerances, sample problems, random trees (hypothesis), tiny GGUF models, the
+goodness-of-fit statistics and the op inputs more than one backend's tests build. Each test folder imports it
+as `helpers` (pytest's pythonpath holds tests/)."""
+import math
+import os
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from specdec_kernels import _C, ops, quant
+
+# ---------------------------------------------------------------- tolerances (kernels vs float64 references)
+# One tolerance table per dtype (atol, rtol) for kernels vs the float64 references.
+TOLERANCES = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (2e-2, 1e-2),
+    torch.bfloat16: (1e-1, 2e-2),
+}
+
+
+def assert_close_to_oracle(y: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype):
+    """A GEMM result vs its float64 oracle: outputs are sums of K products, so the absolute tolerance
+    scales with the output's magnitude."""
+    atol, rtol = TOLERANCES[dtype]
+    scale = expected.double().abs().max().clamp(min=1.0).item()
+    torch.testing.assert_close(y.double(), expected.double(), atol=atol * scale, rtol=rtol)
+
+
+# ---------------------------------------------------------------- W4A16 / W8A16 samples and CPU paths
+# (N, K, group_size, M): odd N, tile boundaries (16/64 columns), every group size.
+SAMPLES = [(19, 64, 32, 1), (111, 256, 64, 3), (64, 128, 128, 16), (989, 384, 128, 64), (65, 96, 32, 127),
+           (128, 512, 64, 9), (48, 128, 32, 8)]
+ISAS = ("avx512", "avx2", "generic")  # the vector paths every CPU kernel has
+W4A16_ISAS = ("amx", "avx512vnni") + ISAS  # W4A16 also has int8 dot-product paths
+ATTENTION_ISAS = ("amx",) + ISAS  # tree attention also has AMX-BF16 tiles
+
+
+@contextmanager
+def cpu_isa(name: str):
+    """Force a CPU kernel path for the duration (the kernels read SPECDEC_CPU_ISA on every call)."""
+    old = os.environ.get("SPECDEC_CPU_ISA")
+    os.environ["SPECDEC_CPU_ISA"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SPECDEC_CPU_ISA"]
+        else:
+            os.environ["SPECDEC_CPU_ISA"] = old
+
+
+def isa_supported(name: str) -> bool:
+    with cpu_isa(name):
+        try:
+            return _C.cpu_isa() == name
+        except RuntimeError:
+            return False
+
+
+def isa_params(isas):
+    """pytest params for CPU paths: the ones this CPU (or OS) lacks are skipped, saying so."""
+    import pytest
+
+    return [pytest.param(isa, marks=pytest.mark.skipif(not isa_supported(isa), reason=f"this CPU/OS lacks {isa}"))
+            for isa in isas]
+
+
+def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // group_size, generator=g) * 0.02 + 0.001).to(scale_dtype)
+    mins = (torch.randn(n, k // group_size, generator=g) * 0.05).to(scale_dtype)
+    return quant.QuantizedWeight(qweight, scales, mins, group_size)
+
+
+def random_w8(n: int, k: int, group_size: int, seed: int = 0):
+    """8-bit weights (qweight uint8 [N, K], q 0..255, float16 scales, mins near -128 scales, G) for w8a16_gemm."""
+    g = torch.Generator().manual_seed(seed)
+    qweight = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // group_size, generator=g) * 0.01 + 0.001).half()
+    mins = (-128 * scales.float() + torch.randn(n, k // group_size, generator=g) * 0.01).half()
+    return qweight, scales, mins, group_size
+
+
+def assert_tiles_match_vector_kernel(run_gemm, weights, k: int, dtype):
+    """The AMX path multiplies few rows with the VNNI vector kernel and more with tiles; the avx512vnni path is
+    that vector kernel for every M. Both compute exact integer sums, so every M must give the same bits."""
+    for m in (1, 2, 3, 4, 5, 16, 17, 40):
+        x = torch.randn(m, k).to(dtype) * torch.logspace(-3, 3, m).to(dtype)[:, None]  # rows of mixed scale
+        with cpu_isa("amx"):
+            tiles = run_gemm(x, weights)
+        with cpu_isa("avx512vnni"):
+            vector = run_gemm(x, weights)
+        assert torch.equal(tiles, vector), (m, (tiles.double() - vector.double()).abs().max().item())
+
+
+# ---------------------------------------------------------------- random draft trees (hypothesis)
+@st.composite
+def parent_rows(draw, max_nodes=24, allow_padding=True):
+    """One tree row: parents[0] = -1, parents[i] in [0, i), then optional padding (-2) at the end."""
+    real = draw(st.integers(1, max_nodes))
+    parents = [-1] + [draw(st.integers(0, i - 1)) for i in range(1, real)]
+    padding = draw(st.integers(0, 3)) if allow_padding else 0
+    return parents + [-2] * padding
+
+
+@st.composite
+def trees(draw, max_batch=3, max_nodes=24, vocab=6, allow_padding=True):
+    """(tokens int64 [B, T], parents int64 [B, T]) with ragged rows padded to one T; siblings' tokens distinct."""
+    rows = [draw(parent_rows(max_nodes, allow_padding)) for _ in range(draw(st.integers(1, max_batch)))]
+    t = max(len(r) for r in rows)
+    parents = torch.tensor([r + [-2] * (t - len(r)) for r in rows], dtype=torch.long)
+    seed = draw(st.integers(0, 2**31 - 1))
+    tokens = distinct_sibling_tokens(parents, vocab, torch.Generator().manual_seed(seed))
+    return tokens, parents
+
+
+def distinct_sibling_tokens(parents, vocab, generator):
+    """Tokens where the children of each node are distinct (as a top-k draft makes them), when vocab allows."""
+    batch, t = parents.shape
+    tokens = torch.randint(0, vocab, (batch, t), generator=generator)
+    for b in range(batch):
+        for node in range(t):
+            children = [c for c in range(t) if int(parents[b, c]) == node]
+            order = torch.randperm(vocab, generator=generator).tolist()
+            for rank, c in enumerate(children):
+                tokens[b, c] = order[rank % vocab]
+    return tokens
+
+
+# ---------------------------------------------------------------- op inputs shared by the backends' tests
+def make_inputs(batch, t, hq, hkv, d, cache_lens, dtype=torch.float32, seed=0, spare=3):
+    g = torch.Generator().manual_seed(seed)
+    s_max = max(cache_lens) + t + spare
+    q = torch.randn(batch, t, hq, d, generator=g).to(dtype)
+    k = torch.randn(batch, s_max, hkv, d, generator=g).to(dtype)
+    v = torch.randn(batch, s_max, hkv, d, generator=g).to(dtype)
+    return q, k, v, torch.tensor(cache_lens, dtype=torch.int32)
+
+
+def random_logits(tokens, vocab, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*tokens.shape, vocab, generator=g) * 2).to(dtype)
+
+
+def logits_favouring_children(tokens, parents, vocab, seed):
+    """Logits whose argmax often is a child's token, so that walks go deep."""
+    logits = random_logits(tokens, vocab, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for b in range(tokens.shape[0]):
+        for c in range(1, tokens.shape[1]):
+            parent = int(parents[b, c])
+            if parent >= 0 and torch.rand(1, generator=g) < 0.6:
+                logits[b, parent, tokens[b, c]] += 6
+    return logits
+
+
+VOCAB, TRIALS = 6, 20000
+
+
+ROOT_P = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
+
+
+# A Markov target: after token x the next-token distribution is MARKOV[x].
+MARKOV = torch.softmax(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(7)), -1)
+
+
+PARENTS_ROW = [-1, 0, 0, 0, 1, 1, 2, 4]  # a root with 3 children, depth 3
+
+
+def verified_paths(tokens, parents, seed):
+    logits = torch.randn(*tokens.shape, 6, generator=torch.Generator().manual_seed(seed))
+    for b in range(tokens.shape[0]):  # make walks go deep
+        for c in range(1, tokens.shape[1]):
+            if int(parents[b, c]) >= 0:
+                logits[b, parents[b, c], tokens[b, c]] += 4
+    accept_idx, accept_len, _ = ops.tree_verify_greedy(tokens, parents, logits)
+    return accept_idx, accept_len
+
+
+# ---------------------------------------------------------------- goodness of fit (losslessness tests)
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def chi_square_critical(dof: int) -> float:
+    """Upper 0.1% point of chi-square (Wilson-Hilferty), so that a correct sampler fails 1 in 1000 seeds."""
+    z = 3.09
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def pooled(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0):
+    """(counts, probs) with the cells expected fewer than min_expected times merged into one (the
+    chi-square approximation needs a few expected counts per cell)."""
+    small = probs * counts.sum() < min_expected
+    if not small.any():
+        return counts, probs
+    return (torch.cat([counts[~small], counts[small].sum()[None]]), torch.cat([probs[~small], probs[small].sum()[None]]))
+
+
+# ---------------------------------------------------------------- tiny random models
+def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128):
+    """A one-layer Llama GGUF with random weights (vocabulary 40, tied head); logit_scale multiplies the
+    embedding (= the head) and the final norm: larger values make the next-token distribution peakier."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    dim, hidden, heads, kv_heads, vocab = 64, 96, 4, 2, 40
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(hidden)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+
+    def add(name, shape, quantize, scale=0.1):
+        w = rng.standard_normal(shape).astype(np.float32) * scale
+        if quantize:
+            writer.add_tensor(name, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
+                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+        else:
+            writer.add_tensor(name, w)
+
+    add("token_embd.weight", (vocab, dim), False, 0.1 * logit_scale)
+    add("output_norm.weight", (dim,), False, 0.1 * logit_scale)
+    add("blk.0.attn_norm.weight", (dim,), False)
+    add("blk.0.ffn_norm.weight", (dim,), False)
+    for name, shape in [("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)), ("attn_v", (dim // 2, dim)),
+                        ("attn_output", (dim, dim)), ("ffn_gate", (hidden, dim)), ("ffn_up", (hidden, dim)),
+                        ("ffn_down", (dim, hidden))]:
+        add(f"blk.0.{name}.weight", shape, q4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
