@@ -6,8 +6,12 @@
 """
 import torch  # noqa: F401  (loads libtorch before our extension)
 
-from . import _C  # noqa: F401  (registers torch.ops.specdec.*)
-from . import ops, quant, reference
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.specdec.*)
+    ops,
+    quant,
+    reference,
+)
 from .quant import QuantizedWeight, W4A16Linear
 
 __all__ = ["ops", "quant", "reference", "QuantizedWeight", "W4A16Linear"]

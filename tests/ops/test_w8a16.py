@@ -1,4 +1,4 @@
-"""8-bit weights (w8a16_gemm, models.layers.W8A16Linear: the Q8_0 output head) against the float64 oracle."""
+"""8-bit weights (w8a16_gemm, quant.W8A16Linear: the Q8_0 output head) against the float64 oracle."""
 import pytest
 import torch
 from helpers import (
@@ -14,7 +14,7 @@ from helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import ops, reference
-from specdec_kernels.models.layers import W8A16Linear
+from specdec_kernels.quant import W8A16Linear
 
 W8_ISAS = isa_params(W4A16_ISAS)  # the same CPU paths: integer (AMX, VNNI) and float FMA (AVX-512, AVX2, portable)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -14,7 +14,7 @@ from helpers import (
     random_w8,
 )
 from specdec_kernels import ops, quant, reference
-from specdec_kernels.models.layers import W8A16Linear
+from specdec_kernels.quant import W8A16Linear
 
 INT8_ISAS = isa_params(("amx", "avx512vnni"))
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -3,11 +3,18 @@ those prompts is reported as acceptance on unseen text, so none of them (nor a c
 import re
 
 from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
-from specdec_kernels.train import everyday, prompts
+from specdec_kernels.train import prompts
+
+everyday = prompts.EVERYDAY  # the human-written texts (train/data/everyday.jsonl)
 
 
 def words(text: str) -> set:
     return set(prompts.same_words(text).split())
+
+
+def test_prompt_sets_are_package_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found from any working directory, not by a path relative to the repository
+    assert first_turns() == first_turns(DEFAULT_PROMPTS) and len(first_turns()) > 7
 
 
 def test_round_one_leaves_out_the_measured_prompts():
@@ -24,25 +31,25 @@ def test_everyday_texts_are_not_close_copies_of_end_to_end_texts():
     # prefix: "Summarize:", "Context:"); short sentences and questions may share a template ("What is the
     # capital of ...?"), not all their words.
     bodies = [words(re.sub(r"^[^:]*:", "", turn)) for turn in first_turns(DEFAULT_PROMPTS)]
-    passages = list(everyday.PASSAGES) + [f"{context} {question}" for context, question in everyday.READING]
+    passages = list(everyday.passages) + [f"{context} {question}" for context, question in everyday.reading]
     closest = max(len(words(text) & body) / len(words(text) | body) for text in passages for body in bodies)
     assert closest < 0.5, closest
-    short = {prompts.same_words(text) for text in everyday.SENTENCES + everyday.QUESTIONS}
+    short = {prompts.same_words(text) for text in everyday.sentences + everyday.questions}
     assert not short & {prompts.same_words(" ".join(body)) for body in bodies}
 
 
 def test_everyday_lists_are_distinct_and_all_used():
-    for name in ("SENTENCES", "PASSAGES", "QUESTIONS", "READING"):
+    for name in ("sentences", "passages", "questions", "reading"):
         items = getattr(everyday, name)
         assert len(items) == len(set(items)) >= 200, name
     tasks = prompts.everyday_tasks(prompts.random.Random(0))
-    assert len(tasks) == len(everyday.SENTENCES) + 2 * len(everyday.PASSAGES) + len(everyday.READING) + len(
-        everyday.QUESTIONS)
+    assert len(tasks) == len(everyday.sentences) + 2 * len(everyday.passages) + len(everyday.reading) + len(
+        everyday.questions)
     assert len(set(tasks)) == len(tasks)
 
 
 def test_round_two_does_not_build_on_text_tasks():
     tasks = [text for text in prompts.everyday_tasks(prompts.random.Random(0)) if text.startswith(prompts.TEXT_TASKS)]
-    assert len(tasks) == len(everyday.SENTENCES) + 2 * len(everyday.PASSAGES) + len(everyday.READING)
+    assert len(tasks) == len(everyday.sentences) + 2 * len(everyday.passages) + len(everyday.reading)
     answered = [([{"role": "user", "content": text}], "Une longue reponse. " * 10) for text in tasks]
     assert prompts.round_two(answered) == []

@@ -2,16 +2,20 @@
 import json
 import time
 from collections import defaultdict
+from importlib import resources
+from pathlib import Path
 
 import torch
 
 from specdec_kernels.bench.common import print_table, write_json
 
-DEFAULT_PROMPTS = "benchmarks/prompts/spec_bench_mini.jsonl"
+# The end-to-end prompt set, package data: found from any working directory and in an installed package.
+DEFAULT_PROMPTS = resources.files("specdec_kernels").joinpath("data", "spec_bench_mini.jsonl")
 
 
 def add_arguments(parser):
-    parser.add_argument("--prompts", default=DEFAULT_PROMPTS, help="JSON lines: question_id, category, turns")
+    parser.add_argument("--prompts", default=DEFAULT_PROMPTS, help="JSON lines: question_id, category, turns "
+                        "(default: the packaged specdec_kernels/data/spec_bench_mini.jsonl)")
     parser.add_argument("--methods", default="vanilla,hf,hf-pld")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -21,9 +25,9 @@ def add_arguments(parser):
     parser.add_argument("--plot", help="write a PNG of tokens/s per method and category here")
     parser.add_argument("--head", help="EAGLE head for chain, eagle2 and their -pld forms (default: the one shipped for the model)")
     parser.add_argument("--tree", default=None, help="eagle2 tree as TOTAL_TOKENS,DEPTH,TOP_K (default: "
-                        "drafters.eagle.TREE)")
+                        "drafters.DEFAULT_TREE)")
     parser.add_argument("--chain-length", type=int, default=None, help="draft tokens per chain step (default: "
-                        "drafters.eagle.CHAIN_LENGTH)")
+                        "drafters.DEFAULT_CHAIN)")
     parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the runner's GEMMs "
                         "on the CPU integer paths (default: models.RUNNER_X_DIGITS; the drafter keeps "
                         "drafters.eagle.DRAFT_X_DIGITS)")
@@ -34,8 +38,8 @@ class Harness:
 
     def __init__(self, path: str, max_new_tokens: int, temperature: float, head_path=None, tree=None,
                  chain_length=None, x_digits=None):
-        from specdec_kernels.drafters import eagle
-        from specdec_kernels.hf import load_tokenizer
+        from specdec_kernels.drafters import DEFAULT_CHAIN, DEFAULT_TREE, DraftShape, default_head_path
+        from specdec_kernels.engines.transformers import load_tokenizer
         from specdec_kernels.models import RUNNER_X_DIGITS, load_model
 
         self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
@@ -43,9 +47,9 @@ class Harness:
         self.tokenizer = load_tokenizer(path)
         self.model = load_model(path, x_digits=self.x_digits)
         self._hf = self._drafter = None
-        self.head_path = head_path or eagle.default_head_path(path)
-        self.tree = tree or eagle.TREE
-        self.chain = eagle.chain_shape(chain_length or eagle.CHAIN_LENGTH)
+        self.head_path = head_path or default_head_path(path)
+        self.tree = tree or DEFAULT_TREE
+        self.chain = DraftShape.chain(chain_length) if chain_length else DEFAULT_CHAIN
 
     @property
     def drafter(self):
@@ -61,7 +65,7 @@ class Harness:
     @property
     def hf(self):
         if self._hf is None:
-            from specdec_kernels.hf import load_hf_model
+            from specdec_kernels.engines.transformers import load_hf_model
 
             self._hf = load_hf_model(self.path)
             self.hf_forwards = 0
@@ -71,7 +75,7 @@ class Harness:
 
 def run_vanilla(h: Harness, prompt_ids):
     """-> (new tokens, seconds, target forwards)"""
-    from specdec_kernels.generate import generate
+    from specdec_kernels.decoding import generate
 
     result = generate(h.model, prompt_ids, h.max_new_tokens, h.temperature, seed=0,
                       stop_tokens=[h.tokenizer.eos_token_id])
@@ -79,12 +83,12 @@ def run_vanilla(h: Harness, prompt_ids):
 
 
 def _run_speculative(h: Harness, prompt_ids, shape, lookup=False):
+    from specdec_kernels.decoding import speculative_generate
     from specdec_kernels.drafters import NgramLookup
-    from specdec_kernels.generate import speculative_generate
 
     result = speculative_generate(h.model, h.drafter, prompt_ids, h.max_new_tokens, h.temperature, seed=0,
                                   stop_tokens=[h.tokenizer.eos_token_id], lookup=NgramLookup() if lookup else None,
-                                  **shape)
+                                  shape=shape)
     return result.tokens, result.seconds, result.steps + 1
 
 
@@ -114,26 +118,27 @@ METHODS = {
 }
 
 
-def load_prompts(path: str, limit=None):
+def load_prompts(path=DEFAULT_PROMPTS, limit=None):
+    """`path`: a file name, or a package resource (DEFAULT_PROMPTS)."""
     prompts, per_category = [], defaultdict(int)
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                item = json.loads(line)
-                per_category[item["category"]] += 1
-                if limit is None or per_category[item["category"]] <= limit:
-                    prompts.append(item)
+    source = Path(path) if isinstance(path, str) else path
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            per_category[item["category"]] += 1
+            if limit is None or per_category[item["category"]] <= limit:
+                prompts.append(item)
     return prompts
 
 
-def first_turns(path: str) -> list:
+def first_turns(path=DEFAULT_PROMPTS) -> list:
     """The first user turn of every prompt in a prompt file."""
     return [item["turns"][0] for item in load_prompts(path)]
 
 
 def run_conversation(h: Harness, method, turns):
     """All turns of one question; the history holds the method's own earlier answers."""
-    from specdec_kernels.hf import chat_prompt_ids
+    from specdec_kernels.engines.transformers import chat_prompt_ids
 
     messages, tokens, seconds, steps, texts = [], [], 0.0, 0, []
     for turn in turns:
@@ -203,8 +208,9 @@ def run(args):
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     tree = None
     if args.tree:
-        total_tokens, depth, top_k = (int(v) for v in args.tree.split(","))
-        tree = dict(total_tokens=total_tokens, depth=depth, draft_top_k=top_k)
+        from specdec_kernels.drafters import DraftShape
+
+        tree = DraftShape(*(int(v) for v in args.tree.split(",")))
     harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature, args.head, tree,
                       args.chain_length, args.x_digits)
     prompts = load_prompts(args.prompts, args.limit)
@@ -224,7 +230,7 @@ def run(args):
     if args.json:
         write_json(args.json, {"methods": summary, "prompts": records,
                                "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                            "prompts": args.prompts, "limit": args.limit, "head": harness.head_path,
+                                            "prompts": str(args.prompts), "limit": args.limit, "head": harness.head_path,
                                             "tree": harness.tree, "chain": harness.chain,
                                             "x_digits": harness.x_digits}})
     if args.plot:

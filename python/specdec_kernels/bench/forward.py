@@ -10,7 +10,13 @@ memory roofline is the packed weights' bytes over the measured copy bandwidth.
 import torch
 
 from specdec_kernels import tree
-from specdec_kernels.bench.common import copy_bandwidth, machine_info, print_table, time_interleaved, write_json
+from specdec_kernels.bench.common import (
+    copy_bandwidth,
+    machine_info,
+    print_table,
+    time_interleaved,
+    write_json,
+)
 
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 

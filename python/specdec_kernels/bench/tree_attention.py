@@ -8,8 +8,14 @@ bf16 tiles: bf16 matmul peak / 3, since float32-accurate products from bf16 take
 import torch
 
 from specdec_kernels import ops, tree
-from specdec_kernels.bench.common import (copy_bandwidth, machine_info, matmul_peak, print_table, time_interleaved,
-                                          write_json)
+from specdec_kernels.bench.common import (
+    copy_bandwidth,
+    machine_info,
+    matmul_peak,
+    print_table,
+    time_interleaved,
+    write_json,
+)
 
 HEADS = {"smollm2": (9, 3, 64), "llama3-8b": (32, 8, 128)}  # (Hq, Hkv, D)
 TOKENS, CACHES = [1, 8, 32, 64], [512, 2048, 8192]

@@ -1,9 +1,16 @@
 """W4A16 GEMM: ours vs torch dense (fp32, bf16/fp16) and torch's int4 weight-only matmul, side by side."""
 import torch
 
-from specdec_kernels import ops, quant
-from specdec_kernels.bench.common import (CacheFlusher, copy_bandwidth, machine_info, matmul_peak, print_table,
-                                          time_interleaved, write_json)
+from specdec_kernels import ops, quant, reference
+from specdec_kernels.bench.common import (
+    CacheFlusher,
+    copy_bandwidth,
+    machine_info,
+    matmul_peak,
+    print_table,
+    time_interleaved,
+    write_json,
+)
 
 SHAPES = [(4096, 4096, 128), (11008, 4096, 128), (4096, 11008, 128), (1536, 576, 32), (576, 1536, 32),
           (49152, 576, 32)]
@@ -27,7 +34,7 @@ def _torch_int4(w_int: torch.Tensor, qw: quant.QuantizedWeight, device):
     scales_and_zeros = torch.stack([scales, zeros], dim=-1).contiguous().to(device, torch.bfloat16)
     try:
         if device.type == "cuda":
-            packed = torch._convert_weight_to_int4pack(quant.pack_int4(w_int).to(device), 8)
+            packed = torch._convert_weight_to_int4pack(reference.pack_int4(w_int).to(device), 8)
             return lambda x: torch._weight_int4pack_mm(x, packed, qw.group_size, scales_and_zeros)
         packed = torch._convert_weight_to_int4pack_for_cpu(w_int.int(), 1)
         return lambda x: torch._weight_int4pack_mm_for_cpu(x, packed, qw.group_size, scales_and_zeros)
@@ -43,7 +50,7 @@ def half_dtype(device: torch.device) -> torch.dtype:
 def bench_point(n, k, group_size, m, device, repeats, bandwidth, peak, flush):
     weight = torch.randn(n, k) * 0.02
     qw = quant.quantize_rtn(weight, group_size)
-    w_int = quant.unpack_int4(qw.qweight)
+    w_int = reference.unpack_int4(qw.qweight)
     packed = ops.w4a16_prepack(qw.qweight.to(device), qw.scales.to(device), qw.mins.to(device), group_size)
     half = half_dtype(device)
     dense = {torch.float32: quant.dequantize(qw).to(device)}

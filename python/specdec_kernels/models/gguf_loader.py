@@ -9,9 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, gguf_q4_to_canonical
+from specdec_kernels.quant import (
+    QuantizedWeight,
+    W4A16Linear,
+    W8A16Linear,
+    dense_linear,
+    gguf_q4_to_canonical,
+)
 
-from .layers import W8A16Linear, dense_linear
 from .llama import Block, ModelConfig, Transformer, pair_rows
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")

@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from .layers import dense_linear
+from specdec_kernels.quant import dense_linear
+
 from .llama import Block, ModelConfig, Transformer, llama3_rope_factors, pair_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")

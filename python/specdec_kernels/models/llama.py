@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from specdec_kernels import _C, ops
-from specdec_kernels.models.layers import W8A16Linear
-from specdec_kernels.quant import W4A16Linear, layout_changes, note_layout_change
+from specdec_kernels.quant import W4A16Linear, W8A16Linear, layout_changes
+from specdec_kernels.quant.layers import note_layout_change
 from specdec_kernels.tree import MAX_TREE_NODES
 
 

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
-from specdec_kernels.drafters.eagle import EagleHead
+from specdec_kernels.drafters import EagleHead, load_head, save_head
 
 
 @dataclass
@@ -84,7 +84,7 @@ def collect(model, tokenizer, conversations: list, max_new_tokens: int, batch_si
     """-> [(messages, Sequence)]; conversations are sorted by prompt length so batches pad little."""
     from tqdm import tqdm
 
-    from specdec_kernels.hf import chat_prompt_ids
+    from specdec_kernels.engines.transformers import chat_prompt_ids
 
     rendered = sorted(((chat_prompt_ids(tokenizer, m), m) for m in conversations), key=lambda item: len(item[0]))
     out = []
@@ -250,8 +250,8 @@ def main(argv=None):
     parser.add_argument("--unroll", type=int, default=1, help="train this many draft steps deep on the head's "
                         "own features (1: teacher-forced only)")
     parser.add_argument("--eval-prompts", help="also report acceptance on the target's answers to these prompts' "
-                        f"first turns after each epoch, and leave them out of the training prompts (default: "
-                        f"{DEFAULT_PROMPTS} where it exists; '' to skip)")
+                        "first turns after each epoch, and leave them out of the training prompts (default: "
+                        "the packaged end-to-end prompts, bench.e2e.DEFAULT_PROMPTS; '' to skip)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--init", help="go on training this head (.eagle.pt; its draft vocabulary is kept)")
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
@@ -260,11 +260,11 @@ def main(argv=None):
     if args.unroll < 1:
         parser.error(f"--unroll must be at least 1, got {args.unroll}")
     if args.eval_prompts is None:
-        args.eval_prompts = DEFAULT_PROMPTS if os.path.exists(DEFAULT_PROMPTS) else ""
-    if args.eval_prompts and not os.path.exists(args.eval_prompts):
+        args.eval_prompts = DEFAULT_PROMPTS
+    elif args.eval_prompts and not os.path.exists(args.eval_prompts):
         parser.error(f"--eval-prompts {args.eval_prompts}: no such file")
 
-    from specdec_kernels.hf import load_tokenizer
+    from specdec_kernels.engines.transformers import load_tokenizer
     from specdec_kernels.models import embedded_model_path, load_model
 
     from .prompts import round_one, round_two
@@ -295,7 +295,7 @@ def main(argv=None):
     held_out, training = sequences[: len(sequences) // 20], sequences[len(sequences) // 20:]
     training = training[: int(len(training) * args.train_fraction)]
     if args.init:
-        head = EagleHead.load(args.init, target)
+        head = load_head(args.init, target)
         lineage = {"init": args.init, "init_command": head.metadata.get("command")}
     else:
         head = EagleHead.from_target(target, draft_vocabulary(training, args.draft_vocab), args.copy_last_layer)
@@ -318,7 +318,7 @@ def main(argv=None):
     unseen_metrics = evaluate(head, target.embedding, unseen) if unseen else None
     if unseen:
         print(f"unseen prompts ({args.eval_prompts}, first turns):", unseen_metrics)
-    head.save(args.out, command=" ".join(["python -m specdec_kernels.train.eagle"] + (argv or sys.argv[1:])),
+    save_head(head, args.out, command=" ".join(["python -m specdec_kernels.train.eagle"] + (argv or sys.argv[1:])),
               held_out=metrics, unseen_prompts=unseen_metrics, losses=history, sequences=len(sequences),
               answer_tokens=answer_tokens, minutes=(time.time() - started) / 60, **lineage)
     print(f"wrote {args.out} after {(time.time() - started) / 60:.1f} min")

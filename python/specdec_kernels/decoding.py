@@ -7,8 +7,7 @@ from typing import Callable, Iterable, List, Optional
 import torch
 
 from . import ops
-from .drafters.eagle import TREE
-from .drafters.ngram import NgramLookup
+from .drafters import DEFAULT_TREE, Drafter, DraftShape, NgramLookup
 from .models import Transformer
 from .reference import sample_from, target_probs
 from .tree import MAX_TREE_NODES
@@ -93,15 +92,13 @@ def _prefill(model: Transformer, prompt: List[int]):
 
 
 @torch.inference_mode()
-def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int], max_new_tokens: int,
+def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iterable[int], max_new_tokens: int,
                          temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                          stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
-                         total_tokens: int = TREE["total_tokens"], depth: int = TREE["depth"],
-                         draft_top_k: int = TREE["draft_top_k"], lookup: Optional[NgramLookup] = None
+                         shape: DraftShape = DEFAULT_TREE, lookup: Optional[NgramLookup] = None
                          ) -> GenerationResult:
-    """Each step the drafter grows a tree (`total_tokens` nodes with the root, `depth` levels, `draft_top_k`
-    children per expanded node; draft_top_k = 1 is a chain), `lookup` (if given; it is reset) grafts its
-    prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
+    """Each step the drafter grows a tree of `shape` (DraftShape.chain(k) for a chain), `lookup` (if given; it is
+    reset) grafts its prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
     (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
     The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
     prompt = _check_prompt(target, prompt_ids, max_new_tokens)
@@ -123,9 +120,7 @@ def speculative_generate(target: Transformer, drafter, prompt_ids: Iterable[int]
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending = []
         room = min(target.max_seq_len - int(target.cache_lens[0]), MAX_TREE_NODES)  # >= 1: room for the root
-        size = min(total_tokens, room)
-        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, size, min(depth, size - 1),
-                                  draft_top_k)
+        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, shape.within(room))
         if lookup is not None:
             lookup.extend(new_tokens)
             draft = lookup.graft(draft, room)

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "generate": "specdec_kernels.generate_cli",
+    "generate": "specdec_kernels.cli.generate",
 }
 BENCHES = {
     "w4a16": "specdec_kernels.bench.w4a16",

@@ -1,6 +1,5 @@
-"""transformers integration: the tokenizer and chat template of a model (a GGUF file or a Hugging Face
-directory), and the transformers model on the same (dequantized) weights — the `hf` baselines of the
-end-to-end benchmark."""
+"""transformers adapter: the tokenizer and chat template of a model (a GGUF file or a Hugging Face directory),
+and the transformers model on the same (dequantized) weights: the `hf` baselines of the end-to-end benchmark."""
 import os
 
 import torch

@@ -1,11 +1,16 @@
 """Generate text with the runner: specdec generate "PROMPT" [--model PATH.gguf|DIR] [--max-new-tokens N] ..."""
 import sys
 
-from .drafters import EagleDrafter, NgramLookup, default_head_path
-from .drafters.eagle import SHAPE_WITH_LOOKUP, TREE
-from .generate import generate, speculative_generate
-from .hf import chat_prompt_ids, load_tokenizer
-from .models import RUNNER_X_DIGITS, embedded_model_path, load_model
+from specdec_kernels.decoding import generate, speculative_generate
+from specdec_kernels.drafters import (
+    DEFAULT_TREE,
+    SHAPE_WITH_LOOKUP,
+    EagleDrafter,
+    NgramLookup,
+    default_head_path,
+)
+from specdec_kernels.engines.transformers import chat_prompt_ids, load_tokenizer
+from specdec_kernels.models import RUNNER_X_DIGITS, embedded_model_path, load_model
 
 
 def add_arguments(parser):
@@ -18,7 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--head", help="EAGLE head (default: the one shipped for the model, if any)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, one token per forward")
-    parser.add_argument("--no-lookup", action="store_true", help="EAGLE-2 trees (drafters.eagle.TREE) instead of the "
+    parser.add_argument("--no-lookup", action="store_true", help="EAGLE-2 trees (drafters.DEFAULT_TREE) instead of the "
                         "head's chain with a prompt-lookup chain (SHAPE_WITH_LOOKUP)")
     parser.add_argument("--x-digits", type=int, default=RUNNER_X_DIGITS, help="activation digits of the target's GEMMs "
                         "on the CPU integer paths (ops.w4a16_gemm; the drafter keeps drafters.eagle.DRAFT_X_DIGITS)")
@@ -45,7 +50,7 @@ def run(args):
         lookup = None if args.no_lookup else NgramLookup()
         result = speculative_generate(model, drafter, prompt, args.max_new_tokens, args.temperature, args.top_p,
                                       args.top_k, args.seed, lookup=lookup,
-                                      **options, **(TREE if lookup is None else SHAPE_WITH_LOOKUP))
+                                      shape=DEFAULT_TREE if lookup is None else SHAPE_WITH_LOOKUP, **options)
     else:
         result = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
                           **options)
