@@ -57,7 +57,7 @@ if want bench; then
   $PY -m specdec_kernels.cli bench w4a16 --device cuda --json "$OUT/w4a16_cuda.json" --plot "$OUT/w4a16_cuda.png" \
     >"$OUT/w4a16_cuda.txt" 2>&1 || failed+=(bench-w4a16)
   cat "$OUT/w4a16_cuda.txt"
-  $PY -m specdec_kernels.bench.gpu_tree --json "$OUT/tree_gpu.json" >"$OUT/tree_gpu.txt" 2>&1 || failed+=(bench-tree)
+  $PY -m specdec_kernels.cli bench gpu-tree --json "$OUT/tree_gpu.json" >"$OUT/tree_gpu.txt" 2>&1 || failed+=(bench-tree)
   cat "$OUT/tree_gpu.txt"
 fi
 

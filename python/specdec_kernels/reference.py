@@ -61,15 +61,16 @@ def _quantized_gemm(x, w, mins, group_size: int, x_digits) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def w4a16_gemm(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
-    """y = x @ W.T computed in float64 (the oracle), returned in x's dtype. x: [..., K] -> [..., N]. x_digits:
-    x [M, K] as the CPU integer paths take it with ops.w4a16_gemm(..., x_digits) (round_x_digits)."""
+def w4a16_matmul(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
+    """The oracle of ops.w4a16_prepack + w4a16_gemm, on the canonical weights: y = x @ W.T in float64, returned
+    in x's dtype. x: [..., K] -> [..., N]. x_digits: x [M, K] as the CPU integer paths take it with
+    ops.w4a16_gemm(..., x_digits) (round_x_digits)."""
     w = dequantize_w4(qweight, scales, mins, group_size).double()
     return _quantized_gemm(x, w, mins, group_size, x_digits)
 
 
-def w8a16_gemm(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
-    """w4a16_gemm's oracle for 8-bit qweight uint8 [N, K]."""
+def w8a16_matmul(x, qweight, scales, mins, group_size: int, x_digits=None) -> torch.Tensor:
+    """w4a16_matmul for 8-bit qweight uint8 [N, K]: the oracle of ops.w8a16_gemm."""
     w = dequantize_w8(qweight, scales, mins, group_size).double()
     return _quantized_gemm(x, w, mins, group_size, x_digits)
 

@@ -24,7 +24,7 @@ def run_gemm(x, qw):
 
 
 def assert_close_to_reference(y, x, qw):
-    assert_close_to_oracle(y, reference.w4a16_gemm(x, qw.qweight, qw.scales, qw.mins, qw.group_size), x.dtype)
+    assert_close_to_oracle(y, reference.w4a16_matmul(x, qw.qweight, qw.scales, qw.mins, qw.group_size), x.dtype)
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)

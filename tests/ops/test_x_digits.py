@@ -31,8 +31,8 @@ def gemm(bits, x, w, x_digits):
 
 def oracle(bits, x, w, x_digits):
     if bits == 4:
-        return reference.w4a16_gemm(x, w.qweight, w.scales, w.mins, w.group_size, x_digits=x_digits)
-    return reference.w8a16_gemm(x, *w, x_digits=x_digits)
+        return reference.w4a16_matmul(x, w.qweight, w.scales, w.mins, w.group_size, x_digits=x_digits)
+    return reference.w8a16_matmul(x, *w, x_digits=x_digits)
 
 
 def weights(bits, n, k, group_size):

@@ -1,6 +1,6 @@
 """Tree ops on a GPU: CUDA and Triton kernels vs torch baselines, side by side, timed with CUDA events.
 
-    python -m specdec_kernels.bench.gpu_tree --json tree_gpu.json [--quick]
+    specdec bench gpu-tree --json tree_gpu.json [--quick]
 
 Tree attention (the shapes of bench.tree_attention, fp16): ours (CUDA), Triton, and torch SDPA over the
 whole cache with a dense mask (enable_gqa); KV bytes / time as a fraction of the measured copy bandwidth.
@@ -8,7 +8,6 @@ Verification (the trees of bench.verify): the fused ops (CUDA, Triton) vs the na
 reduced, then the paths enumerated). Each timed call starts with a cold L2 (a 96 MiB buffer is written
 first, untimed), and the GPU time between two events around the call counts, host waits included.
 """
-import argparse
 import statistics
 
 import torch
@@ -128,9 +127,3 @@ def run(args):
         write_json(args.json, {"machine": info, "copy_bandwidth_GBps": bandwidth / 1e9,
                                "tree_attention": attention_rows, "verify": verify_rows})
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    raise SystemExit(run(parser.parse_args()))

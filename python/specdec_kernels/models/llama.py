@@ -106,7 +106,11 @@ class Block(nn.Module):
     calls: the runner is latency-bound at small T).
 
     The residual stream travels as (x, pending): the block returns its MLP output unadded, and the next
-    block adds it inside its fused add + RMSNorm (one op instead of two)."""
+    block adds it inside its fused add + RMSNorm (one op instead of two).
+
+    This is the layer's one definition; three others exist for a reason each: csrc/decoder_stack.cpp runs the
+    same ops in the same order from C++ (no Python between ops; tests/models check it bitwise),
+    drafters.eagle_head has the head's layer on autograd for training, drafters.eagle that layer on the ops."""
 
     def __init__(self, config: ModelConfig, wqkv: nn.Module, wo: nn.Module, w_gate_up: nn.Module, w_down: nn.Module,
                  attn_norm: torch.Tensor, ffn_norm: torch.Tensor):

@@ -4,15 +4,15 @@ Importing specdec_kernels or this package does not import triton: each entry poi
 on first use. The tree ops take the arguments of their torch.ops.specdec schemas, in order:
 
     from specdec_kernels import triton as tk
-    y = tk.w4a16_gemm(x, qw.qweight, qw.scales, qw.mins, qw.group_size)
+    y = tk.w4a16_matmul(x, qw.qweight, qw.scales, qw.mins, qw.group_size)   # canonical weights
     out = tk.tree_attention(q, k_cache, v_cache, cache_lens, tree_mask)
 """
 import importlib
 
 _ENTRY_POINTS = {
-    "w4a16_gemm": "w4a16",  # canonical weights
-    "w4a16_prepack": "w4a16",  # (the W4A16Linear pair: prepack, then gemm on the packed tensors)
-    "w4a16_gemm_prepacked": "w4a16",
+    "w4a16_matmul": "w4a16",  # canonical weights
+    "w4a16_prepack": "w4a16",  # the ops.w4a16_prepack / w4a16_gemm pair
+    "w4a16_gemm": "w4a16",
     "tree_attention": "tree_attention",
     "tree_verify_greedy": "tree_verify",
     "tree_verify_sample": "tree_verify",

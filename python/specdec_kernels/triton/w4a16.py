@@ -98,7 +98,7 @@ def _split_k(tiles: int, k: int, group_size: int, device: torch.device) -> int:
     return split
 
 
-def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
                group_size: int, split_k: Optional[int] = None) -> torch.Tensor:
     """y = x @ W.T, W in the canonical 4-bit form (qweight uint8 [N, K/2], scales/mins [N, K/G]).
     x [M, K] (float16/bfloat16/float32) -> [M, N] in x.dtype. split_k (K slices, each whole groups) is
@@ -133,9 +133,11 @@ def w4a16_prepack(qweight, scales, mins, group_size: int):
     return [t.contiguous() for t in (qweight, scales, mins)]
 
 
-def w4a16_gemm_prepacked(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int):
-    """ops.w4a16_gemm's signature on w4a16_prepack's output: x [M, K] -> [M, out_features]."""
+def w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size: int, out_features: int,
+               x_digits: int = 3):
+    """ops.w4a16_gemm's contract on w4a16_prepack's output: x [M, K] -> [M, out_features]. x_digits belongs to
+    the CPU integer paths; this kernel multiplies x as given, as the other GPU paths do."""
     if packed_qweight.shape[0] != out_features:
         raise ValueError(f"out_features must be the rows of packed_qweight ({packed_qweight.shape[0]}), "
                          f"got {out_features}")
-    return w4a16_gemm(x, packed_qweight, packed_scales, packed_mins, group_size)
+    return w4a16_matmul(x, packed_qweight, packed_scales, packed_mins, group_size)

@@ -2,17 +2,9 @@
 points use: the interpreter (TRITON_INTERPRET=1) accepts programs the compiler rejects (loop-carried types,
 scalar bitcasts, fp64 scans), so this is the compiled-mode check of a CPU-only machine. Slow (minutes).
 
-    python -m specdec_kernels.triton.compile_check [--arch 90]
+    specdec bench triton-compile [--arch 90]
 """
-import argparse
-import sys
 import traceback
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from specdec_kernels.triton import kv_compact, tree_attention, tree_verify, w4a16
 
 STRIDES_ATTENTION = ["stride_qb", "stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_tb",
                      "stride_tt", "stride_os", "stride_ob", "stride_ot", "stride_oh", "stride_ss"]
@@ -20,6 +12,8 @@ STRIDES_ATTENTION = ["stride_qb", "stride_qt", "stride_qh", "stride_kb", "stride
 
 def _cases():
     """(kernel, pointer/scalar types by argument, constexprs, num_warps) for each compiled variant."""
+    from specdec_kernels.triton import kv_compact, tree_attention, tree_verify, w4a16  # needs triton: imported on use
+
     tree = dict(tokens_ptr="*i64", parents_ptr="*i64", idx_ptr="*i64", len_ptr="*i64", bonus_ptr="*i64", T="i32",
                 V="i32")
     yield tree_verify._greedy_kernel, dict(tree, logits_ptr="*bf16"), dict(BLOCK_T=64, BLOCK_V=2048), 8
@@ -54,16 +48,21 @@ def _cases():
 
 
 def compile_kernel(kernel, types, constexprs, num_warps, arch):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     signature = {name: "constexpr" if name in constexprs else types[name] for name in kernel.arg_names}
     constants = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
     return triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, "num_stages": 3})
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser):
     parser.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 90 (default: 80 and 90)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     failures = 0
     for arch in args.arch or (80, 90):
         for kernel, types, constexprs, num_warps in _cases():
@@ -74,7 +73,3 @@ def main(argv=None) -> int:
                 failures += 1
                 print(f"FAIL  sm_{arch} {kernel.__name__} {constexprs}\n{traceback.format_exc(limit=2)}")
     return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
