@@ -123,3 +123,16 @@ def test_code_cites_design_sections_that_exist():
                 cited.setdefault(number, path.relative_to(ROOT))
     missing = {number: str(where) for number, where in cited.items() if number not in sections}
     assert not missing, f"cited sections missing from docs/design.md: {missing}"
+
+
+def test_code_cites_notes_topics_that_exist():
+    """Comments cite (docs/notes.md, "prompt lookup"); every quoted topic is in docs/notes.md."""
+    notes = " ".join((ROOT / "docs" / "notes.md").read_text().lower().split())
+    missing = {}
+    for path in [*ROOT.glob("python/**/*.py"), *ROOT.glob("csrc/**/*.*")]:
+        text = re.sub(r"\s*\n\s*(?:#|//|\*)?\s*", " ", path.read_text(errors="ignore"))  # comments joined
+        for quoted in re.findall(r'docs/notes\.md,\s*((?:"[^"]+"(?:\s*(?:and|,)\s*)?)+)', text):
+            for topic in re.findall(r'"([^"]+)"', quoted):
+                if " ".join(topic.lower().split()) not in notes:
+                    missing[topic] = str(path.relative_to(ROOT))
+    assert not missing, f"cited topics missing from docs/notes.md: {missing}"
