@@ -22,10 +22,12 @@ test-cpu:
 test-triton:
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests
 
-# The quick kernel table, then end-to-end decoding on one prompt per category (our runner vs transformers).
+# The product on one prompt per category (two turns each, 128 new tokens a turn, greedy): the fastest
+# speculative method (chain-pld: the EAGLE head's chain with a prompt-lookup chain grafted in, `specdec
+# generate`'s default) against plain decoding on the same runner (vanilla) and against transformers (hf).
+# Columns: tokens/s, speedup over vanilla, tokens per target forward, identical = the same tokens as vanilla.
 demo: install
-	$(PY) -m specdec_kernels.cli bench w4a16 --quick
-	$(PY) -m specdec_kernels.cli bench e2e --limit 1 --max-new-tokens 32 --methods vanilla,hf
+	$(PY) -m specdec_kernels.cli bench e2e --limit 1 --max-new-tokens 128 --methods vanilla,chain-pld,hf
 
 bench: install
 	$(PY) -m specdec_kernels.cli bench w4a16 --json benchmarks/results/w4a16_cpu.json --plot benchmarks/results/w4a16_cpu.png

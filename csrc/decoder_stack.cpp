@@ -1,6 +1,6 @@
 // The runner's decoder layers in one C++ call: models/llama.py Block.forward, op for op, through the same
-// dispatcher entries as torch.ops.specdec.* (so the same kernels, the same bits). From Python each layer cost
-// ~25-35 us of module calls, views and argument conversion around its nine ops; here it is the ops alone.
+// dispatcher entries as torch.ops.specdec.* (so the same kernels, the same bits). From Python each layer pays
+// for module calls, views and argument conversion around its nine ops; here it is the ops alone.
 #include "decoder_stack.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>

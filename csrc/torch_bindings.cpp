@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(specdec, m) {
-  // W4A16 GEMM (DESIGN 3.1). prepack turns the canonical (qweight, scales, mins) into the
+  // W4A16 GEMM (docs/design.md 3.1). prepack turns the canonical (qweight, scales, mins) into the
   // layout of the backend of qweight's device; gemm consumes only that layout. x_digits: the CPU integer
   // paths (AMX, AVX512-VNNI) take x as that many 7-bit digits per value, a fixed-point window per row and
   // group (error < 2^-(7 x_digits - 1) of the group maximum; the work scales with it); others ignore it.
@@ -19,12 +19,12 @@ TORCH_LIBRARY(specdec, m) {
       "int group_size, int out_features, int x_digits=3) -> Tensor");
 
   // Attention of T new tokens over a static KV cache, under a bit-packed tree mask
-  // (None = causal among the new tokens). DESIGN 3.2, 3.3.
+  // (None = causal among the new tokens). docs/design.md 3.2, 3.3.
   m.def(
       "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, "
       "Tensor? tree_mask, float scale) -> Tensor");
 
-  // Fused tree verification (DESIGN 4.3) -> (accept_idx [B, T], accept_len [B], bonus [B]).
+  // Fused tree verification (docs/design.md 4.3) -> (accept_idx [B, T], accept_len [B], bonus [B]).
   m.def("tree_verify_greedy(Tensor tokens, Tensor parents, Tensor logits) -> (Tensor, Tensor, Tensor)");
   m.def(
       "tree_verify_sample(Tensor tokens, Tensor parents, Tensor logits, Tensor uniforms, "
@@ -56,7 +56,10 @@ TORCH_LIBRARY(specdec, m) {
 #include <string>
 
 #include "decoder_stack.h"
+#include "specdec/attention_checks.h"
 #include "specdec/cpu_isa.h"
+#include "specdec/kv_checks.h"
+#include "specdec/tree_checks.h"
 
 namespace {
 
@@ -98,6 +101,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       direct, "rope_and_cache");
 
   namespace py = pybind11;
+  // The tree ops' argument checks alone, for backends outside the dispatcher (triton/checks.py): the same
+  // conditions and messages as the CPU and CUDA kernels, ValueError on failure.
+  auto checks = m.def_submodule("checks", "Argument checks of the tree ops (specdec/*checks.h), for Triton.");
+  checks.def(
+      "tree_attention",
+      [](CTensor q, CTensor k_cache, CTensor v_cache, CTensor cache_lens, const std::optional<Tensor>& tree_mask) {
+        Tensor host_lens;
+        specdec::check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask, &host_lens);
+        return host_lens;
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("tree_mask"),
+      "-> cache_lens on the host (the copy the checks read).");
+  checks.def("tree", &specdec::check_tree, py::arg("tokens"), py::arg("parents"), "-> parents as int64 on the host.");
+  checks.def("tree_logits", &specdec::check_tree_logits, py::arg("logits"), py::arg("tokens"));
+  checks.def("token_range", &specdec::check_token_range, py::arg("tokens"), py::arg("vocab"));
+  checks.def("tree_sample", &specdec::check_tree_sample_args, py::arg("tokens"), py::arg("logits"), py::arg("uniforms"),
+             py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("draft_probs"),
+             "tree_verify_sample's own arguments, after tree and tree_logits.");
+  checks.def("kv_compact", &specdec::check_kv_compact_args, py::arg("k_cache"), py::arg("v_cache"),
+             py::arg("cache_lens"), py::arg("accept_idx"), py::arg("accept_len"));
+
   py::class_<specdec::PackedLinear>(m, "PackedLinear", "A prepacked W4A16/W8A16 layer for DecoderStack.")
       .def(py::init<Tensor, Tensor, Tensor, int64_t, int64_t, int64_t, int64_t>(), py::arg("qweight"),
            py::arg("scales"), py::arg("mins"), py::arg("group_size"), py::arg("out_features"), py::arg("x_digits"),

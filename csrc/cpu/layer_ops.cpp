@@ -27,8 +27,8 @@ int64_t grain_rows(int64_t row_elements) { return std::max<int64_t>(1, kElements
 
 void check_activation_dtype(const at::Tensor& x, const char* name) {
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, name,
-              " must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, name,
+                    " must be float32, bfloat16 or float16, got ", dtype);
 }
 
 // ---------------------------------------------------------------- RMSNorm
@@ -38,16 +38,17 @@ void check_activation_dtype(const at::Tensor& x, const char* name) {
 std::tuple<at::Tensor, at::Tensor> norm_rows(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                                              double eps) {
   check_activation_dtype(x, "x");
-  TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dim, got a scalar");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dim, got a scalar");
   const int64_t n = x.size(-1);
   SPECDEC_CHECK_DIM(weight, 1);
-  TORCH_CHECK(weight.size(0) == n, "weight must have x's last dim ", n, ", got shape ", weight.sizes());
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "weight must be floating point, got ", weight.scalar_type());
-  TORCH_CHECK(eps >= 0, "eps must be >= 0, got ", eps);
+  TORCH_CHECK_VALUE(weight.size(0) == n, "weight must have x's last dim ", n, ", got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(weight.scalar_type()), "weight must be floating point, got ",
+                    weight.scalar_type());
+  TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
   SPECDEC_CHECK_SAME_DEVICE(x, weight);
   if (residual.defined()) {
-    TORCH_CHECK(residual.sizes() == x.sizes(), "residual must have the shape of x ", x.sizes(), ", got ",
-                residual.sizes());
+    TORCH_CHECK_VALUE(residual.sizes() == x.sizes(), "residual must have the shape of x ", x.sizes(), ", got ",
+                      residual.sizes());
     SPECDEC_CHECK_DTYPE(residual, x.scalar_type());
     SPECDEC_CHECK_SAME_DEVICE(x, residual);
   }
@@ -87,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& x, const a
 // x [..., 2H] = [gate | up] -> silu(gate) * up [..., H].
 at::Tensor silu_and_mul_cpu(const at::Tensor& x) {
   check_activation_dtype(x, "x");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, "x must end in an even dim [..., 2H] (gate | up), got shape ",
-              x.sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) % 2 == 0, "x must end in an even dim [..., 2H] (gate | up), got shape ",
+                    x.sizes());
   const int64_t hidden = x.size(-1) / 2;
   const at::Tensor src = x.to(at::kFloat).contiguous();
   std::vector<int64_t> shape = x.sizes().vec();
@@ -127,11 +128,11 @@ struct HeadRows {
 };
 
 void check_heads(const at::Tensor& t, const char* name, int64_t B, int64_t T, int64_t D, at::ScalarType dtype) {
-  TORCH_CHECK(t.dim() == 4, name, " must be [B, T, H, D], got shape ", t.sizes());
-  TORCH_CHECK(t.size(0) == B && t.size(1) == T && t.size(3) == D, name, " must be [", B, ", ", T, ", H, ", D,
-              "] like q, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, " like q, got ", t.scalar_type());
-  TORCH_CHECK(t.stride(3) == 1, name, " must be contiguous in the head dim, got strides ", t.strides());
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be [B, T, H, D], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.size(0) == B && t.size(1) == T && t.size(3) == D, name, " must be [", B, ", ", T, ", H, ", D,
+                    "] like q, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", dtype, " like q, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.stride(3) == 1, name, " must be contiguous in the head dim, got strides ", t.strides());
 }
 
 // q [B, T, Hq, D], k/v [B, T, Hkv, D] (any strides but a contiguous head dim), positions int64 [B, T],
@@ -143,38 +144,39 @@ at::Tensor rope_and_cache_cpu(const at::Tensor& q, const at::Tensor& k, const at
   SPECDEC_CHECK_DIM(q, 4);
   check_activation_dtype(q, "q");
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
-  TORCH_CHECK(D % 2 == 0, "head dim must be even (RoPE rotates pairs), got ", D);
-  TORCH_CHECK(q.stride(3) == 1, "q must be contiguous in the head dim, got strides ", q.strides());
+  TORCH_CHECK_VALUE(D % 2 == 0, "head dim must be even (RoPE rotates pairs), got ", D);
+  TORCH_CHECK_VALUE(q.stride(3) == 1, "q must be contiguous in the head dim, got strides ", q.strides());
   check_heads(k, "k", B, T, D, q.scalar_type());
   check_heads(v, "v", B, T, D, q.scalar_type());
-  TORCH_CHECK(v.size(2) == k.size(2), "v must have k's ", k.size(2), " heads, got shape ", v.sizes());
+  TORCH_CHECK_VALUE(v.size(2) == k.size(2), "v must have k's ", k.size(2), " heads, got shape ", v.sizes());
   const int64_t Hkv = k.size(2);
   for (const at::Tensor* cache : {&k_cache, &v_cache}) {
     const char* name = cache == &k_cache ? "k_cache" : "v_cache";
-    TORCH_CHECK(cache->dim() == 4 && cache->size(0) == B && cache->size(2) == Hkv && cache->size(3) == D, name,
-                " must be [B, S_max, Hkv, D] = [", B, ", S_max, ", Hkv, ", ", D, "], got shape ", cache->sizes());
-    TORCH_CHECK(cache->scalar_type() == q.scalar_type(), name, " must be ", q.scalar_type(), " like q, got ",
-                cache->scalar_type());
-    TORCH_CHECK(cache->stride(3) == 1, name, " must be contiguous in the head dim, got strides ", cache->strides());
+    TORCH_CHECK_VALUE(cache->dim() == 4 && cache->size(0) == B && cache->size(2) == Hkv && cache->size(3) == D, name,
+                      " must be [B, S_max, Hkv, D] = [", B, ", S_max, ", Hkv, ", ", D, "], got shape ", cache->sizes());
+    TORCH_CHECK_VALUE(cache->scalar_type() == q.scalar_type(), name, " must be ", q.scalar_type(), " like q, got ",
+                      cache->scalar_type());
+    TORCH_CHECK_VALUE(cache->stride(3) == 1, name, " must be contiguous in the head dim, got strides ",
+                      cache->strides());
     SPECDEC_CHECK_SAME_DEVICE(q, (*cache));
   }
-  TORCH_CHECK(v_cache.size(1) == k_cache.size(1), "v_cache must have k_cache's ", k_cache.size(1),
-              " positions, got shape ", v_cache.sizes());
+  TORCH_CHECK_VALUE(v_cache.size(1) == k_cache.size(1), "v_cache must have k_cache's ", k_cache.size(1),
+                    " positions, got shape ", v_cache.sizes());
   SPECDEC_CHECK_DTYPE(positions, at::kLong);
-  TORCH_CHECK(positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T,
-              "positions must be [B, T] = [", B, ", ", T, "], got shape ", positions.sizes());
+  TORCH_CHECK_VALUE(positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T,
+                    "positions must be [B, T] = [", B, ", ", T, "], got shape ", positions.sizes());
   for (const at::Tensor* table : {&rope_cos, &rope_sin}) {
     const char* name = table == &rope_cos ? "rope_cos" : "rope_sin";
-    TORCH_CHECK(table->scalar_type() == at::kFloat, name, " must be float32, got ", table->scalar_type());
-    TORCH_CHECK(table->dim() == 2 && table->size(1) == D / 2, name, " must be [positions, D/2 = ", D / 2,
-                "], got shape ", table->sizes());
+    TORCH_CHECK_VALUE(table->scalar_type() == at::kFloat, name, " must be float32, got ", table->scalar_type());
+    TORCH_CHECK_VALUE(table->dim() == 2 && table->size(1) == D / 2, name, " must be [positions, D/2 = ", D / 2,
+                      "], got shape ", table->sizes());
     SPECDEC_CHECK_SAME_DEVICE(q, (*table));
   }
-  TORCH_CHECK(rope_sin.sizes() == rope_cos.sizes(), "rope_sin must have the shape of rope_cos ", rope_cos.sizes(),
-              ", got ", rope_sin.sizes());
+  TORCH_CHECK_VALUE(rope_sin.sizes() == rope_cos.sizes(), "rope_sin must have the shape of rope_cos ", rope_cos.sizes(),
+                    ", got ", rope_sin.sizes());
   SPECDEC_CHECK_DTYPE(cache_lens, at::kInt);
-  TORCH_CHECK(cache_lens.dim() == 1 && cache_lens.size(0) == B, "cache_lens must be [B] = [", B, "], got shape ",
-              cache_lens.sizes());
+  TORCH_CHECK_VALUE(cache_lens.dim() == 1 && cache_lens.size(0) == B, "cache_lens must be [B] = [", B, "], got shape ",
+                    cache_lens.sizes());
   SPECDEC_CHECK_SAME_DEVICE(q, positions);
   SPECDEC_CHECK_SAME_DEVICE(q, cache_lens);
   const at::Tensor pos = positions.contiguous(), lens = cache_lens.contiguous();
@@ -183,11 +185,11 @@ at::Tensor rope_and_cache_cpu(const at::Tensor& q, const at::Tensor& k, const at
   const int64_t* p = pos.data_ptr<int64_t>();
   const int32_t* len = lens.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(len[b] >= 0 && len[b] + T <= S, "cache overflow in row ", b, ": cache_lens ", len[b], " + T ", T,
-                " > S_max ", S);
+    TORCH_CHECK_VALUE(len[b] >= 0 && len[b] + T <= S, "cache overflow in row ", b, ": cache_lens ", len[b], " + T ", T,
+                      " > S_max ", S);
     for (int64_t t = 0; t < T; ++t)
-      TORCH_CHECK(p[b * T + t] >= 0 && p[b * T + t] < n_positions, "positions[", b, ", ", t, "] = ", p[b * T + t],
-                  " is outside the RoPE table [0, ", n_positions, ")");
+      TORCH_CHECK_VALUE(p[b * T + t] >= 0 && p[b * T + t] < n_positions, "positions[", b, ", ", t, "] = ", p[b * T + t],
+                        " is outside the RoPE table [0, ", n_positions, ")");
   }
 
   at::Tensor q_out = at::empty({B, T, Hq, D}, q.options());

@@ -1,4 +1,4 @@
-// CPU tree_attention (DESIGN 3.2, 3.3): T new tokens attend to the cache and, among themselves, to what
+// CPU tree_attention (docs/design.md 3.2, 3.3): T new tokens attend to the cache and, among themselves, to what
 // the bit-packed tree mask allows. Tasks = (batch row, KV head, split of 128 absolute positions); a task
 // computes the partial softmax of ALL query rows of its KV head (GQA: K/V read once per group) with the
 // kernel of tree_attention_kernel.inc; the partials of a (batch row, KV head) are then folded in position
@@ -15,10 +15,9 @@
 #include <cmath>
 #include <vector>
 
-#include "specdec/checks.h"
+#include "specdec/attention_checks.h"
 #include "specdec/cpu_isa.h"
 #include "specdec/huge_buffer.h"
-#include "specdec/tree_checks.h"
 #include "tree_attention_isa.h"
 
 namespace specdec::cpu {
@@ -32,50 +31,13 @@ struct Shapes {
   int64_t partial_floats() const { return (D + 2) * ldq(); }  // o [D][ldq], m, l
 };
 
+// The shared checks (attention_checks.h), then the CPU kernels' own head-dim limit.
 Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                     const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask) {
-  SPECDEC_CHECK_DIM(q, 4);
-  SPECDEC_CHECK_DIM(k_cache, 4);
-  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(),
-              ", got ", v_cache.sizes());
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "q must be float32, bfloat16 or float16, got ", dtype);
-  SPECDEC_CHECK_DTYPE(k_cache, dtype);
-  SPECDEC_CHECK_DTYPE(v_cache, dtype);
-  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1,
-              "k_cache and v_cache must be contiguous in the head dim, got strides ", k_cache.strides(), " and ",
-              v_cache.strides());
-  SPECDEC_CHECK_DTYPE(cache_lens, at::kInt);
-  SPECDEC_CHECK_DIM(cache_lens, 1);
-  SPECDEC_CHECK_SAME_DEVICE(q, k_cache);
-  SPECDEC_CHECK_SAME_DEVICE(q, v_cache);
-  SPECDEC_CHECK_SAME_DEVICE(q, cache_lens);
-  Shapes s{q.size(0), q.size(1), q.size(2), k_cache.size(2), q.size(3), k_cache.size(1), 0, 0, 0};
-  SPECDEC_CHECK_SIZE(k_cache, 0, s.B);
-  SPECDEC_CHECK_SIZE(k_cache, 3, s.D);
-  SPECDEC_CHECK_SIZE(cache_lens, 0, s.B);
-  TORCH_CHECK(s.Hkv >= 1 && s.Hq % s.Hkv == 0, "query heads (", s.Hq, ") must be a multiple of KV heads (", s.Hkv,
-              ")");
-  TORCH_CHECK(s.D >= 16 && s.D % 16 == 0 && s.D <= 256, "head dim must be a multiple of 16 up to 256, got ", s.D);
-  TORCH_CHECK(s.T >= 1 && s.T <= kMaxTreeNodes, "T must be in [1, ", kMaxTreeNodes, "], got ", s.T);
-  const at::Tensor lens = cache_lens.contiguous();
-  for (int64_t b = 0; b < s.B; ++b) {
-    const int64_t len = lens.data_ptr<int32_t>()[b];
-    TORCH_CHECK(len >= 0 && len + s.T <= s.S, "cache overflow in row ", b, ": cache_lens ", len, " + T ", s.T,
-                " > S_max ", s.S);
-  }
-  if (tree_mask.has_value()) {
-    TORCH_CHECK(tree_mask->scalar_type() == at::kLong, "tree_mask must be Long (int64), got ",
-                tree_mask->scalar_type());
-    const std::vector<int64_t> shape{s.B, s.T, (s.T + 63) / 64};
-    TORCH_CHECK(tree_mask->sizes() == shape, "tree_mask must have shape ", shape, ", got ", tree_mask->sizes());
-    SPECDEC_CHECK_SAME_DEVICE(q, (*tree_mask));
-  }
-  s.group = s.Hq / s.Hkv;
-  s.rows = s.T * s.group;
-  s.row_vectors = (s.rows + 15) / 16;
-  return s;
+  const AttentionShapes a = check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask);
+  TORCH_CHECK_VALUE(a.D >= 16 && a.D % 16 == 0 && a.D <= 256, "head dim must be a multiple of 16 up to 256, got ",
+                    a.D);
+  return Shapes{a.B, a.T, a.Hq, a.Hkv, a.D, a.S, a.group, a.rows, (a.rows + 15) / 16};
 }
 
 // qt [B, Hkv, D, ldq]: qt[b, h, d, t * group + g] = scale * q[b, t, h * group + g, d]; padding rows 0.
@@ -159,7 +121,7 @@ struct Kernels {
 };
 
 Kernels kernels() {
-  if (chosen_matrix_isa() == Isa::kAmx) return {amx::attend_split_tiles, amx::fold_partial_rows, true};
+  if (chosen_matrix_isa() == Isa::kAmx) return {amx_bf16::attend_split_tiles, amx_bf16::fold_partial_rows, true};
   switch (chosen_isa()) {
     case Isa::kAvx512: return {avx512::attend_split, avx512::fold_partial, false};
     case Isa::kAvx2: return {avx2::attend_split, avx2::fold_partial, false};
@@ -242,7 +204,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   const int64_t scratch_floats =
       kernel.tiles ? 0 : split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));
   const int64_t tile_floats =
-      kernel.tiles ? amx::query_tile_elements(s.B * s.Hkv, static_cast<int>(s.D), static_cast<int>(s.row_vectors)) / 2
+      kernel.tiles ? amx_bf16::query_tile_elements(s.B * s.Hkv, static_cast<int>(s.D), static_cast<int>(s.row_vectors)) / 2
                    : 0;
   float* qt =
       workspace(qt_floats + acc_floats + wave_floats + at::get_num_threads() * scratch_floats + tile_floats);
@@ -253,7 +215,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   std::vector<uint64_t> token_mask;
   if (kernel.tiles) {
     const at::Tensor qf = q.to(at::kFloat).contiguous();
-    amx::pack_query_tiles(qf.data_ptr<float>(), s.B, s.T, s.Hkv, static_cast<int>(s.group), static_cast<int>(s.D),
+    amx_bf16::pack_query_tiles(qf.data_ptr<float>(), s.B, s.T, s.Hkv, static_cast<int>(s.group), static_cast<int>(s.D),
                           static_cast<int>(s.row_vectors), static_cast<float>(scale), q_tiles);
     token_mask = token_visibility(tree_mask, s);
   } else {
@@ -320,7 +282,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       a.qt = kernel.tiles ? nullptr : qt + (g.b * s.Hkv + g.h0) * s.D * s.ldq();
       a.new_visible = kernel.tiles ? nullptr : visible.data() + g.b * s.T * s.row_vectors;
       a.new_depth = kernel.tiles ? nullptr : depth.data() + g.b * s.T;
-      a.q_tiles = kernel.tiles ? q_tiles + amx::query_tile_elements(g.b * s.Hkv + g.h0, a.D, a.row_vectors) : nullptr;
+      a.q_tiles = kernel.tiles ? q_tiles + amx_bf16::query_tile_elements(g.b * s.Hkv + g.h0, a.D, a.row_vectors) : nullptr;
       const int64_t words = (s.T + 63) / 64;
       a.token_mask = kernel.tiles ? token_mask.data() + g.b * s.T * words : nullptr;
       a.mask_words = static_cast<int>(words);

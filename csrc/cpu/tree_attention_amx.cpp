@@ -10,7 +10,7 @@
 // Batch invariance. A tile row (one query row) depends only on its own A row; the passes, steps and their
 // order are fixed by the split (absolute positions, keys padded to 32) whatever T is, and keys a row does not
 // see have P = 0, adding exact zeros. So verifying T chain tokens at once gives the bits of decoding them one
-// at a time, as on the vector path (tests/test_tree_attention.py checks it bitwise). A tree node's keys sit
+// at a time, as on the vector path (tests/ops/test_tree_attention.py checks it bitwise). A tree node's keys sit
 // at other slots than in its chain, and tile sums group them differently: equal up to float32 rounding.
 //
 // Per task, per head (tiles are 16 rows x 64 bytes, 1 KiB):
@@ -19,7 +19,7 @@
 //   V tiles [piece][key step][dim tile] [16 key pairs][16 dims x 2]
 //   S [32 rows][256] float32 of a pair of row blocks -> P in its place -> O by rows into the partial.
 // Dims pad to whole 32-dim steps and keys to a multiple of 32 with zeros. Tile registers: multiply_column.
-// Where the time goes and what was tried: benchmarks/NOTES.md.
+// Where the time goes and what was tried: docs/notes.md, "Tree attention on CPU".
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,7 +31,7 @@
 
 #include "tree_attention_isa.h"
 
-namespace specdec::cpu::amx {
+namespace specdec::cpu::amx_bf16 {
 namespace {
 
 constexpr int kTileElements = 16 * 32;  // bf16 per tile
@@ -65,14 +65,14 @@ long query_tile_elements(long heads, int D, int row_vectors) {
   return heads * row_vectors * (step_dims(D) / 32) * 2 * kTileElements;
 }
 
-}  // namespace specdec::cpu::amx
+}  // namespace specdec::cpu::amx_bf16
 
 #pragma GCC push_options
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
-namespace specdec::cpu::amx {
+namespace specdec::cpu::amx_bf16 {
 namespace {
 
 // ---------------------------------------------------------------- conversions
@@ -125,8 +125,7 @@ inline void transpose16(__m512i r[16]) {
 
 // ---------------------------------------------------------------- staging K and V of one head
 // Rows [from, from + count) (below end) of one head, D elements each: a head's rows are strided (the heads of
-// a position lie together), and the hardware prefetcher does not follow them (llama3-8b shapes at T = 1,
-// cache 8192: 8.1 ms without, measured).
+// a position lie together), and the hardware prefetcher does not follow them.
 template <int kBytes>
 inline void prefetch_rows(const void* src, long stride, long from, long end, int count, int D) {
   for (long p = from; p < from + count && p < end; ++p)
@@ -296,7 +295,7 @@ inline void split_probabilities(__m512 x0, __m512 x1, __m512i& hi, __m512i& lo) 
 // The softmax of a pair of row blocks: S [rows][kSplit] of rows r0.. over positions first .. first + keys
 // -> P in its place, and per row m = the max over the keys it sees and l = the sum of its P (float32).
 // Done a few units at a time (advance) between the tile steps of other row blocks, so that this AVX-512
-// work can run while the tile unit multiplies (a partial overlap: NOTES).
+// work can run while the tile unit multiplies (a partial overlap: docs/notes.md).
 // A unit is one row's max pass, or one pair of key vectors: exp, sum, and bf16 pieces written over the
 // 32 keys just read (row layout [hi 32 | lo 32] per 32 keys, the A tiles of O = P V).
 class SoftmaxRows {
@@ -499,5 +498,5 @@ void pack_query_tiles(const float* q, long B, long T, long Hkv, int group, int D
         }
 }
 
-}  // namespace specdec::cpu::amx
+}  // namespace specdec::cpu::amx_bf16
 #pragma GCC pop_options

@@ -13,8 +13,8 @@ constexpr long kAttentionChunk = 64;   // positions per chunk: staged, scored an
 // A chunk's rows: its cache positions and the new tokens reduced at its positions (siblings share one), at
 // most kAttentionChunk - 1 + kMaxTreeNodes (tree_checks.h; asserted in tree_attention.cpp).
 constexpr long kChunkRowsMax = kAttentionChunk + 256;
-// Positions per task (flash-decoding split); absolute bounds. 128 rather than 256: 2 threads over 3 KV heads
-// balance better (T = 8 over 300 positions 1.2x faster, T = 1 over 450 1.1x; NOTES, "Attention splits of 128 positions").
+// Positions per task (flash-decoding split); absolute bounds. 128 rather than 256: more, smaller tasks balance
+// few threads over few KV heads better (docs/notes.md, "Attention splits of 128 positions").
 constexpr long kAttentionSplit = 128;
 constexpr int kAttentionRowBlock = 3;  // row vectors (48 rows) per register block
 
@@ -61,7 +61,7 @@ namespace generic { SPECDEC_TREE_ATTENTION_DECL }
 
 // AMX-BF16 tiles (tree_attention_amx.cpp): the same tasks as attend_split; partials of the same size with o
 // by rows, [row_vectors * 16][D] (the tiles' layout), then m and l.
-namespace amx {
+namespace amx_bf16 {
 void attend_split_tiles(const SplitArgs& a);
 void fold_partial_rows(float* acc, const float* part, int D, int row_vectors);
 // bf16 elements of the query tiles of `heads` (batch row, KV head) pairs
@@ -70,6 +70,6 @@ long query_tile_elements(long heads, int D, int row_vectors);
 // [16 rows][32 dims] bf16, row r = t * group + g of KV head h being query head h * group + g; padding 0.
 void pack_query_tiles(const float* q, long B, long T, long Hkv, int group, int D, int row_vectors, float scale,
                       unsigned short* out);
-}  // namespace amx
+}  // namespace amx_bf16
 
 }  // namespace specdec::cpu

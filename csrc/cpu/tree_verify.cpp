@@ -1,4 +1,4 @@
-// CPU tree verification (DESIGN 4.3): walk each tree from the root, reducing only the rows of the nodes
+// CPU tree verification (docs/design.md 4.3): walk each tree from the root, reducing only the rows of the nodes
 // visited (<= depth + 1 of the T rows), in float32, batch rows in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,7 +14,6 @@
 
 namespace specdec::cpu {
 namespace {
-
 
 // One vocabulary row as float32 in a buffer padded to whole vectors (padding = -inf).
 template <class scalar_t>
@@ -162,11 +161,6 @@ struct Verdict {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {accept_idx, accept_len, bonus}; }
 };
 
-void check_token_range(const at::Tensor& tokens, int64_t V) {
-  TORCH_CHECK(tokens.numel() == 0 || (tokens.min().item<int64_t>() >= 0 && tokens.max().item<int64_t>() < V),
-              "tokens must be in [0, V = ", V, ")");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_greedy_cpu(const at::Tensor& tokens,
                                                                        const at::Tensor& parents,
                                                                        const at::Tensor& logits) {
@@ -192,22 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_sample_cpu(const at::
                                                                        const std::optional<at::Tensor>& draft_probs) {
   const at::Tensor p = check_tree(tokens, parents);
   check_tree_logits(logits, tokens);
+  check_tree_sample_args(tokens, logits, uniforms, temperature, top_p, top_k, draft_probs);
   const int64_t B = tokens.size(0), T = tokens.size(1), V = logits.size(2);
-  TORCH_CHECK(temperature > 0, "temperature must be > 0 (use tree_verify_greedy for 0), got ", temperature);
-  TORCH_CHECK(top_p > 0 && top_p <= 1, "top_p must be in (0, 1], got ", top_p);
-  TORCH_CHECK(top_k >= 0, "top_k must be >= 0, got ", top_k);
-  SPECDEC_CHECK_DTYPE(uniforms, at::kFloat);
-  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(0) == B && uniforms.size(1) == T + 1,
-              "uniforms must be float32 [B, T + 1] = [", B, ", ", T + 1, "], got ", uniforms.sizes());
-  SPECDEC_CHECK_SAME_DEVICE(uniforms, tokens);
-  at::Tensor q;
-  if (draft_probs.has_value()) {
-    q = draft_probs->to(at::kFloat).contiguous();
-    TORCH_CHECK(q.sizes() == logits.sizes(), "draft_probs must have the shape of logits ", logits.sizes(), ", got ",
-                q.sizes());
-    SPECDEC_CHECK_SAME_DEVICE(q, tokens);
-  }
-  check_token_range(tokens, V);
+  const at::Tensor q = draft_probs.has_value() ? draft_probs->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor tok = tokens.contiguous(), lg = logits.contiguous(), un = uniforms.contiguous();
   Verdict out(B, T, tokens.options());
   const int64_t *tp = tok.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>();

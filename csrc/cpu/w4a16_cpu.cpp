@@ -1,6 +1,6 @@
 // CPU backend of w4a16_prepack / w4a16_gemm and w8a16_prepack / w8a16_gemm: argument checks, the prepack
 // transforms, the run-time ISA choice and the OpenMP split over output tiles. The arithmetic lives in
-// w4a16_kernel.inc (float FMA paths) and w4a16_amx.cpp (integer paths), for 4- and 8-bit weights.
+// w4a16_kernel.inc (float FMA paths) and w4a16_int8.cpp (int8 dot-product paths), for 4- and 8-bit weights.
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -60,9 +60,9 @@ int dtype_code(at::ScalarType t) {
 }
 
 // Up to this many digit rows (x rows times digits) the AMX path runs the VNNI vector kernel: the same
-// exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle. Measured
-// crossovers (Sapphire Rapids class, runner shapes): 4-bit M = 3 -> 4 (the runner's T = 3 forward ~4% faster on
-// the vector kernel's 3-row blocks), 8-bit (no unpacking in the vector kernel) M = 6 -> 8.
+// exact integer sums, so the same bits; faster for few rows, where a tile multiply is mostly idle. The
+// crossovers, measured on the runner's shapes: 4-bit up to M = 3 (the vector kernel's 3-row blocks), 8-bit
+// (no unpacking in the vector kernel) up to M = 6.
 constexpr int64_t kVectorDigitRows4 = 9, kVectorDigitRows8 = 18;
 
 // AMX-INT8 / AVX512-VNNI: x as `digits` int8 digits per value in panels, the result written in
@@ -83,13 +83,13 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
   at::Tensor panels = at::empty({row_blocks * K * tile_rows}, x.options().dtype(at::kChar));
   at::Tensor sums = at::empty({2, M, groups}, x.options().dtype(at::kFloat));  // xsum, xscale
   at::Tensor out = at::empty({M, out_features}, x.options());
-  const AmxActivations acts{x.data_ptr(), x.stride(0), dtype, (int)M, (int)K, (int)group_size, digits, tile_rows,
+  const Int8Activations acts{x.data_ptr(), x.stride(0), dtype, (int)M, (int)K, (int)group_size, digits, tile_rows,
                             k_step};
   int8_t* panel_data = panels.data_ptr<int8_t>();
   float* xsum = sums.data_ptr<float>();
   float* xscale = xsum + M * groups;
-  amx::pack_activations(acts, panel_data, xsum, xscale);
-  const AmxArgs args{panel_data, xsum, xscale, (int)M, (int)K, (int)group_size, digits, tile_rows, k_step,
+  int8_dot::pack_activations(acts, panel_data, xsum, xscale);
+  const Int8Args args{panel_data, xsum, xscale, (int)M, (int)K, (int)group_size, digits, tile_rows, k_step,
                      reinterpret_cast<const unsigned*>(packed_qweight.data_ptr<int32_t>()),
                      packed_scales.data_ptr<float>(), packed_mins.data_ptr<float>(), weight_bits, out.data_ptr(),
                      out.stride(0), out_features, dtype, (int)out.element_size(), use_tiles};
@@ -98,7 +98,7 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
   {
     const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
     const int64_t begin = quanta * id / threads * kTileQuantum, end = quanta * (id + 1) / threads * kTileQuantum;
-    if (begin < end) amx::w4a16_gemm_tiles(args, begin, end);
+    if (begin < end) int8_dot::w4a16_gemm_tiles(args, begin, end);
   }
   return out;
 }
@@ -109,8 +109,9 @@ void check_packed_gemm(const at::Tensor& x, const at::Tensor& packed_qweight, co
                        const char* layout) {
   check_group_size(group_size);
   SPECDEC_CHECK_DIM(x, 2);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              "x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  const auto x_dtype = x.scalar_type();
+  TORCH_CHECK_VALUE(x_dtype == at::kFloat || x_dtype == at::kBFloat16 || x_dtype == at::kHalf,
+                    "x must be float32, bfloat16 or float16, got ", x_dtype);
   SPECDEC_CHECK_DIM(packed_qweight, 3);
   SPECDEC_CHECK_DTYPE(packed_qweight, at::kInt);
   SPECDEC_CHECK_DTYPE(packed_scales, at::kFloat);
@@ -119,16 +120,18 @@ void check_packed_gemm(const at::Tensor& x, const at::Tensor& packed_qweight, co
   SPECDEC_CHECK_CONTIGUOUS(packed_scales);
   SPECDEC_CHECK_CONTIGUOUS(packed_mins);
   const int64_t tiles = packed_qweight.size(0), K = packed_qweight.size(1) * values_per_word;
-  TORCH_CHECK(packed_qweight.size(2) == kTileN && tiles % kTileQuantum == 0, "packed_qweight is not in the CPU layout ",
-              layout, ", got ", packed_qweight.sizes());
+  TORCH_CHECK_VALUE(packed_qweight.size(2) == kTileN && tiles % kTileQuantum == 0,
+                    "packed_qweight is not in the CPU layout ",
+                    layout, ", got ", packed_qweight.sizes());
   SPECDEC_CHECK_SIZE(x, 1, K);
-  TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
+  TORCH_CHECK_VALUE(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
   const std::vector<int64_t> s_shape{tiles, K / group_size, kTileN};
-  TORCH_CHECK(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
-              packed_scales.sizes());
-  TORCH_CHECK(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ", packed_mins.sizes());
-  TORCH_CHECK(out_features > (tiles - kTileQuantum) * kTileN && out_features <= tiles * kTileN,
-              "out_features ", out_features, " does not match packed_qweight with ", tiles, " tiles");
+  TORCH_CHECK_VALUE(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
+                    packed_scales.sizes());
+  TORCH_CHECK_VALUE(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ",
+                    packed_mins.sizes());
+  TORCH_CHECK_VALUE(out_features > (tiles - kTileQuantum) * kTileN && out_features <= tiles * kTileN,
+                    "out_features ", out_features, " does not match packed_qweight with ", tiles, " tiles");
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
 }
 

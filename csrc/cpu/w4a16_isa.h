@@ -20,16 +20,17 @@ struct W4A16Args {
 constexpr long kTileQuantum = 4;  // every ISA's tiles-per-step divides it
 #define SPECDEC_W4A16_DECL                                      \
   void w4a16_gemm_tiles(const W4A16Args& a, long begin, long end); \
-  void w8a16_gemm_tiles(const W4A16Args& a, long begin, long end);  /* 8-bit words, as AmxArgs.qpacked */
+  void w8a16_gemm_tiles(const W4A16Args& a, long begin, long end);  /* 8-bit words, as Int8Args.qpacked */
 namespace avx512 { SPECDEC_W4A16_DECL }
 namespace avx2 { SPECDEC_W4A16_DECL }
 namespace generic { SPECDEC_W4A16_DECL }
 #undef SPECDEC_W4A16_DECL
 
-// ---- AMX-INT8 / AVX512-VNNI (w4a16_amx.cpp): activations as int8 digits in panels, output in x's dtype.
+// ---- The int8 dot-product paths, AMX-INT8 tiles or AVX512-VNNI vectors (w4a16_int8.cpp): activations as int8
+// digits in panels, output in x's dtype.
 enum DtypeCode { kOutFloat, kOutBFloat16, kOutHalf };
 
-struct AmxActivations {
+struct Int8Activations {
   const void* data;               // x [M, ld] in `dtype`
   long ld;
   int dtype;                      // DtypeCode
@@ -38,7 +39,7 @@ struct AmxActivations {
   int k_step;                     // k per tile multiply: 64, or 32 when group_size is 32
 };
 
-struct AmxArgs {
+struct Int8Args {
   const int8_t* panels;           // [blocks][K/k_step][tile_rows][k_step] digits (pack_activations)
   const float* xsum;              // [M, K/G] per-group sums of x
   const float* xscale;            // [M, K/G] 2^(E - 6 - 7 (digits - 1)): the last digit's weight
@@ -53,9 +54,9 @@ struct AmxArgs {
   bool use_tiles;                 // AMX tile multiplies; else the AVX512-VNNI kernel (bitwise the same)
 };
 
-namespace amx {
-void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, float* xscale);
-void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end);
-}  // namespace amx
+namespace int8_dot {
+void pack_activations(const Int8Activations& x, int8_t* panels, float* xsum, float* xscale);
+void w4a16_gemm_tiles(const Int8Args& a, long begin, long end);
+}  // namespace int8_dot
 
 }  // namespace specdec::cpu

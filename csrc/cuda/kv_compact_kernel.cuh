@@ -1,4 +1,4 @@
-// kv_compact on the GPU (DESIGN 3.3; the oracle is reference.kv_compact): entry cache_len + accept_idx[i]
+// kv_compact on the GPU (docs/design.md 3.3; the oracle is reference.kv_compact): entry cache_len + accept_idx[i]
 // moves to cache_len + i for i < accept_len, in every layer of a stacked cache, in K and in V.
 //
 //   grid (slices of one entry, B, 2 * L)     one thread = one Vec (16/8/4/2/1 bytes) of an entry

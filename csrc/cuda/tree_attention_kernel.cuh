@@ -1,4 +1,4 @@
-// Tree attention on tensor cores (DESIGN 3.2, 3.3; the oracle is reference.tree_attention): the T new
+// Tree attention on tensor cores (docs/design.md 3.2, 3.3; the oracle is reference.tree_attention): the T new
 // tokens of each sequence attend to its cached positions and, among themselves, to what the bit-packed
 // tree mask allows (causal when there is none). Split-KV ("flash decoding") with FlashAttention-2 style
 // warps; kernel templates on raw pointers, no torch headers (the launcher is tree_attention_cuda.cu).

@@ -1,10 +1,11 @@
 // CUDA backend of the tree ops: tree_attention, tree_verify_greedy, tree_verify_sample and kv_compact.
-// Argument checks (shared with the CPU backend), dtype dispatch and the launches of the kernel templates
-// in tree_attention_kernel.cuh, tree_verify_kernel.cuh and kv_compact_kernel.cuh. One translation unit
-// for the four: every .cu costs a minute or two of torch-header parsing in `make cuda-check`.
+// Argument checks (specdec/*checks.h, shared with the CPU and Triton backends), dtype dispatch and the
+// launches of the kernel templates in tree_attention_kernel.cuh, tree_verify_kernel.cuh and
+// kv_compact_kernel.cuh. One translation unit for the four: every .cu costs a minute or two of torch-header
+// parsing in `make cuda-check`.
 //
 // Validation reads cache_lens, the tree or kv_compact's paths on the host: one small device-to-host copy
-// per call, the price of a clear error instead of a wrong walk, an overflow or a corrupted cache.
+// per check, the price of a clear error instead of a wrong walk, an overflow or a corrupted cache.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -67,21 +68,17 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 
 at::Tensor tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask, double scale) {
-  SPECDEC_CHECK_DIM(cache_lens, 1);
-  SPECDEC_CHECK_DTYPE(cache_lens, at::kInt);
-  SPECDEC_CHECK_SAME_DEVICE(q, cache_lens);
   const c10::cuda::CUDAGuard guard(q.device());
-  const at::Tensor lens_host = cache_lens.to(at::kCPU).contiguous();
-  const AttentionShapes s = check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask,
-                                                      lens_host.data_ptr<int32_t>());
-  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
-              "q must be float16 or bfloat16 on CUDA, got ", q.scalar_type());
-  TORCH_CHECK(k_cache.scalar_type() == q.scalar_type(), "k_cache and v_cache must have the dtype of q (",
-              q.scalar_type(), ") on CUDA, got ", k_cache.scalar_type());
-  TORCH_CHECK(s.D == 64 || s.D == 128, "head dim must be 64 or 128 on CUDA, got ", s.D);
-  TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), "k_cache and v_cache must start on a 16-byte boundary");
-  TORCH_CHECK(s.B * s.Hkv <= 65535 && s.S < (int64_t{1} << 31), "B * Hkv must be <= 65535 and S_max < 2^31, got ",
-              s.B * s.Hkv, " and ", s.S);
+  const AttentionShapes s = check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask);
+  // The kernels' own limits: fp16/bf16 MMA tiles of D = 64 or 128, whole caches read with 16-byte loads.
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+                    "q must be float16 or bfloat16 on CUDA, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(s.D == 64 || s.D == 128, "head dim must be 64 or 128 on CUDA, got ", s.D);
+  SPECDEC_CHECK_CONTIGUOUS(k_cache);
+  SPECDEC_CHECK_CONTIGUOUS(v_cache);
+  TORCH_CHECK_VALUE(aligned16(k_cache) && aligned16(v_cache), "k_cache and v_cache must start on a 16-byte boundary");
+  TORCH_CHECK_VALUE(s.B * s.Hkv <= 65535 && s.S < (int64_t{1} << 31),
+                    "B * Hkv must be <= 65535 and S_max < 2^31, got ", s.B * s.Hkv, " and ", s.S);
   at::Tensor qc = q.contiguous();
   if (!aligned16(qc)) qc = qc.clone();
   const at::Tensor mask = tree_mask.has_value() ? tree_mask->contiguous() : at::Tensor();
@@ -109,7 +106,8 @@ void dispatch_logits(const at::Tensor& logits, F&& f) {
     case at::kFloat: return f(Tag<float>{});
     case at::kHalf: return f(Tag<__half>{});
     case at::kBFloat16: return f(Tag<__nv_bfloat16>{});
-    default: TORCH_CHECK(false, "logits must be float32, float16 or bfloat16 on CUDA, got ", logits.scalar_type());
+    default:
+      TORCH_CHECK_VALUE(false, "logits must be float32, float16 or bfloat16 on CUDA, got ", logits.scalar_type());
   }
 }
 
@@ -149,25 +147,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_verify_sample_cuda(
     double temperature, double top_p, int64_t top_k, const std::optional<at::Tensor>& draft_probs) {
   check_tree(tokens, parents);
   check_tree_logits(logits, tokens);
-  const int64_t B = tokens.size(0), T = tokens.size(1), V = logits.size(2);
-  TORCH_CHECK(temperature > 0, "temperature must be > 0 (use tree_verify_greedy for 0), got ", temperature);
-  TORCH_CHECK(top_p > 0 && top_p <= 1, "top_p must be in (0, 1], got ", top_p);
-  TORCH_CHECK(top_k >= 0, "top_k must be >= 0, got ", top_k);
-  SPECDEC_CHECK_DTYPE(uniforms, at::kFloat);
-  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(0) == B && uniforms.size(1) == T + 1,
-              "uniforms must be float32 [B, T + 1] = [", B, ", ", T + 1, "], got ", uniforms.sizes());
-  SPECDEC_CHECK_SAME_DEVICE(uniforms, tokens);
+  check_tree_sample_args(tokens, logits, uniforms, temperature, top_p, top_k, draft_probs);
   const c10::cuda::CUDAGuard guard(tokens.device());
-  at::Tensor q;
-  if (draft_probs.has_value()) {
-    TORCH_CHECK(draft_probs->sizes() == logits.sizes(), "draft_probs must have the shape of logits ", logits.sizes(),
-                ", got ", draft_probs->sizes());
-    SPECDEC_CHECK_SAME_DEVICE((*draft_probs), tokens);
-    q = draft_probs->to(at::kFloat).contiguous();
-  }
+  const int64_t B = tokens.size(0), T = tokens.size(1), V = logits.size(2);
   if (B == 0) return Verdict(B, T, tokens.options()).tuple();
-  const at::Tensor range = at::stack({tokens.min(), tokens.max()}).cpu();  // p[token] is read: it must exist
-  TORCH_CHECK(range[0].item<int64_t>() >= 0 && range[1].item<int64_t>() < V, "tokens must be in [0, V = ", V, ")");
+  const at::Tensor q = draft_probs.has_value() ? draft_probs->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor tok = tokens.contiguous(), par = parents.to(at::kLong).contiguous(), lg = logits.contiguous();
   const at::Tensor un = uniforms.contiguous();
   const at::Tensor workspace = at::empty({B, V}, logits.options().dtype(at::kFloat));
@@ -212,19 +196,15 @@ void launch_compact(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& 
 
 void kv_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& cache_lens, const at::Tensor& accept_idx,
                      const at::Tensor& accept_len) {
-  check_kv_compact_args(k_cache, v_cache, cache_lens, accept_idx, accept_len);
   const c10::cuda::CUDAGuard guard(k_cache.device());
+  check_kv_compact_args(k_cache, v_cache, cache_lens, accept_idx, accept_len);  // before anything moves
   const bool stacked = k_cache.dim() == 5;
   const int64_t L = stacked ? k_cache.size(0) : 1, B = k_cache.size(stacked), S = k_cache.size(stacked + 1);
   const int64_t T = accept_idx.size(1);
-  TORCH_CHECK(L <= 32767 && B <= 65535, "kv_compact on CUDA takes at most 32767 layers and 65535 rows, got L = ", L,
-              ", B = ", B);
+  TORCH_CHECK_VALUE(L <= 32767 && B <= 65535, "kv_compact on CUDA takes at most 32767 layers and 65535 rows, got L = ",
+                    L, ", B = ", B);
   if (B == 0) return;
-  // Every value is checked before anything moves: lens, lengths and paths in one copy to the host.
   const at::Tensor idx = accept_idx.contiguous(), lens = cache_lens.contiguous(), n_acc = accept_len.contiguous();
-  const at::Tensor host = at::cat({lens.to(at::kLong), n_acc, idx.flatten()}).cpu();
-  const std::vector<int32_t> host_lens(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + B);
-  check_accepted_paths(host_lens.data(), host.data_ptr<int64_t>() + 2 * B, host.data_ptr<int64_t>() + B, B, T, S);
   const int64_t entry_bytes = k_cache.stride(stacked + 1) * k_cache.element_size();  // one position: H * D
   if (entry_bytes > 0) {
     switch (vector_bytes(entry_bytes, k_cache.data_ptr(), v_cache.data_ptr())) {

@@ -1,4 +1,4 @@
-// Fused tree verification on the GPU (DESIGN 4.3; the oracle is reference.tree_verify_greedy/_sample).
+// Fused tree verification on the GPU (docs/design.md 4.3; the oracle is reference.tree_verify_greedy/_sample).
 // One block per tree: it walks from the root and reduces only the logits rows of the nodes it visits
 // (<= depth + 1 of the T rows), all threads of the block sweeping one vocabulary row at a time.
 //

@@ -105,27 +105,29 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& packed_qweight
   check_group_size(group_size);
   check_x_digits(x_digits);
   SPECDEC_CHECK_DIM(x, 2);
-  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-              "x must be float16 or bfloat16 on CUDA, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+                    "x must be float16 or bfloat16 on CUDA, got ", x.scalar_type());
   SPECDEC_CHECK_DIM(packed_qweight, 2);
   SPECDEC_CHECK_DTYPE(packed_qweight, at::kInt);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_qweight);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_scales);
   SPECDEC_CHECK_SAME_DEVICE(x, packed_mins);
   const int64_t K = packed_qweight.size(0) * 16, n_pad = packed_qweight.size(1) / 2;
-  TORCH_CHECK(packed_qweight.size(1) % (2 * kBlockN) == 0 && n_pad > 0,
-              "packed_qweight is not in the CUDA layout [K/16, 2 * N_pad] (did you call w4a16_prepack on CUDA?), got ",
-              packed_qweight.sizes());
+  TORCH_CHECK_VALUE(packed_qweight.size(1) % (2 * kBlockN) == 0 && n_pad > 0,
+                    "packed_qweight is not in the CUDA layout [K/16, 2 * N_pad] (did you call w4a16_prepack on "
+                    "CUDA?), got ",
+                    packed_qweight.sizes());
   SPECDEC_CHECK_SIZE(x, 1, K);
-  TORCH_CHECK(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
+  TORCH_CHECK_VALUE(K % group_size == 0, "K = ", K, " must be a multiple of group_size ", group_size);
   const std::vector<int64_t> s_shape{K / group_size, n_pad};
-  TORCH_CHECK(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
-              packed_scales.sizes());
-  TORCH_CHECK(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ", packed_mins.sizes());
-  TORCH_CHECK(out_features > n_pad - kBlockN && out_features <= n_pad, "out_features ", out_features,
-              " does not match packed_qweight (N padded to ", n_pad, ")");
-  TORCH_CHECK(x.numel() < (int64_t{1} << 31) && x.size(0) * out_features < (int64_t{1} << 31),
-              "x and the output must have fewer than 2^31 elements, got x ", x.sizes());
+  TORCH_CHECK_VALUE(packed_scales.sizes() == s_shape, "packed_scales must have shape ", s_shape, ", got ",
+                    packed_scales.sizes());
+  TORCH_CHECK_VALUE(packed_mins.sizes() == s_shape, "packed_mins must have shape ", s_shape, ", got ",
+                    packed_mins.sizes());
+  TORCH_CHECK_VALUE(out_features > n_pad - kBlockN && out_features <= n_pad, "out_features ", out_features,
+                    " does not match packed_qweight (N padded to ", n_pad, ")");
+  TORCH_CHECK_VALUE(x.numel() < (int64_t{1} << 31) && x.size(0) * out_features < (int64_t{1} << 31),
+                    "x and the output must have fewer than 2^31 elements, got x ", x.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
 
   const at::Tensor xa = aligned16(x), packed = aligned16(packed_qweight);

@@ -1,5 +1,5 @@
 // W4A16 GEMM on tensor cores: y[M, N] = x[M, K] @ W.T, W 4-bit with group-wise scale and min
-// (DESIGN 3.1). Kernel templates on raw pointers; no torch headers (the launcher is w4a16_cuda.cu).
+// (docs/design.md 3.1). Kernel templates on raw pointers; no torch headers (the launcher is w4a16_cuda.cu).
 //
 // Prepacked weight layout (w4a16_prepack on CUDA): one uint32 per lane per (k16 block, 16 columns),
 // holding exactly the B fragments of two m16n8k16 MMAs (columns p*16 + [0, 8) and p*16 + [8, 16)):

@@ -2,7 +2,7 @@
 import torch
 
 
-# ---------------------------------------------------------------- W4A16 (DESIGN 3.1)
+# ---------------------------------------------------------------- W4A16 (docs/design.md 3.1)
 def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K/2] -> int [N, K]: byte j holds k = 2j in the low nibble, k = 2j + 1 in the high."""
     low = qweight & 0x0F
@@ -75,7 +75,7 @@ def w8a16_matmul(x, qweight, scales, mins, group_size: int, x_digits=None) -> to
     return _quantized_gemm(x, w, mins, group_size, x_digits)
 
 
-# ---------------------------------------------------------------- trees (DESIGN 3.2, 3.3, 4.3)
+# ---------------------------------------------------------------- trees (docs/design.md 3.2, 3.3, 4.3)
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     """bool [B, T, T]: [b, i, j] iff node j is an ancestor-or-self of node i (padding nodes: only self)."""
     batch, t = parents.shape

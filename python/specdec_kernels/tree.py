@@ -1,4 +1,4 @@
-"""Draft trees (DESIGN 3.2): B trees of T nodes in topological order, their depths, positions and masks.
+"""Draft trees (docs/design.md 3.2): B trees of T nodes in topological order, their depths, positions and masks.
 
     tree = DraftTree(tokens=torch.tensor([[5, 7, 9, 4]]), parents=torch.tensor([[-1, 0, 0, 1]]))
     tree.depths()            # [[0, 1, 1, 2]]
@@ -12,7 +12,8 @@ ROOT_PARENT, PADDING_PARENT = -1, -2
 
 def validate_parents(parents: torch.Tensor) -> None:
     """ValueError unless every row is a tree in topological order: parents[b, 0] = -1, then 0 <= p < i, or -2
-    for padding nodes, which may only follow the real nodes of their row."""
+    for padding nodes, which may only follow the real nodes of their row. The ops check the same conditions in
+    C++ (csrc/include/specdec/tree_checks.h); this copy checks a DraftTree where it is built, before any op."""
     if parents.dim() != 2 or parents.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"parents must be int32/int64 [B, T], got {parents.dtype} {tuple(parents.shape)}")
     t = parents.shape[1]

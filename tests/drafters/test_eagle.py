@@ -2,7 +2,7 @@
 step with the target, greedy output = plain greedy output, sampling reproduces the target distribution."""
 import pytest
 import torch
-from helpers import chi_square, chi_square_critical, pooled, write_tiny_gguf
+from helpers import chi_square, chi_square_critical, pooled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import tree
@@ -23,24 +23,6 @@ from specdec_kernels.train.eagle import Sequence, evaluate, generate_batch, trai
 from specdec_kernels.train.eagle import main as train_main
 
 TREE_SHAPES = [DraftShape(10, depth=3, top_k=3), DraftShape.chain(4), DraftShape(24, depth=5, top_k=4)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
-    write_tiny_gguf(path, logit_scale=5.0)
-    return load_gguf(path, max_seq_len=128)
-
-
-@pytest.fixture(scope="module")
-def trained_head(tiny):
-    """A head trained briefly on the tiny target's greedy answers: it drafts likely tokens (many acceptances)."""
-    torch.manual_seed(0)
-    head = EagleHead.from_target(tiny, torch.arange(40))
-    prompts = torch.randint(0, 40, (48, 3), generator=torch.Generator().manual_seed(0)).tolist()
-    train(head, tiny.embedding, generate_batch(tiny, prompts, 16), epochs=8, lr=3e-3, tokens_per_batch=256,
-          log=lambda _: None)
-    return head
 
 
 def deep_lookup():

@@ -131,13 +131,13 @@ def test_verify_opcheck():
 
 def test_verify_bad_inputs():
     tokens, logits = torch.zeros(1, 3, dtype=torch.long).cuda(), torch.randn(1, 3, 4).cuda()
-    with pytest.raises(RuntimeError, match=r"must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
         ops.tree_verify_greedy(tokens, torch.tensor([[-1, 2, 0]]).cuda(), logits)
-    with pytest.raises(RuntimeError, match=r"tokens must be in \[0, V = 4\)"):
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, V = 4\)"):
         ops.tree_verify_sample(tokens + 7, torch.tensor([[-1, 0, 0]]).cuda(), logits, 1.0)
-    with pytest.raises(RuntimeError, match="logits must be float32, float16 or bfloat16 on CUDA"):
+    with pytest.raises(ValueError, match="logits must be float32, float16 or bfloat16 on CUDA"):
         ops.tree_verify_greedy(tokens, torch.tensor([[-1, 0, 0]]).cuda(), logits.double())
-    with pytest.raises(RuntimeError, match="must be on the same device"):
+    with pytest.raises(ValueError, match="must be on the same device"):
         ops.tree_verify_greedy(tokens, torch.tensor([[-1, 0, 0]]).cuda(), logits.cpu())
 
 
@@ -179,6 +179,6 @@ def test_compact_bad_input_leaves_the_cache_untouched(accept_idx, accept_len, me
     k, v = torch.randn(1, 10, 2, 4).cuda(), torch.randn(1, 10, 2, 4).cuda()
     before = (k.clone(), v.clone())
     lens = torch.tensor([6], dtype=torch.int32).cuda()
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(ValueError, match=message):
         ops.kv_compact(k, v, lens, torch.tensor(accept_idx).cuda(), torch.tensor(accept_len).cuda())
     assert torch.equal(k, before[0]) and torch.equal(v, before[1]) and int(lens[0]) == 6

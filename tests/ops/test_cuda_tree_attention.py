@@ -62,13 +62,13 @@ def test_opcheck():
 
 def test_bad_inputs():
     q, k, v, lens = [x.cuda() for x in make_inputs(1, 4, 4, 2, 64, [0], dtype=torch.float16, spare=0)]
-    with pytest.raises(RuntimeError, match="cache overflow"):
+    with pytest.raises(ValueError, match="cache overflow"):
         ops.tree_attention(q, k, v, lens + 1)
-    with pytest.raises(RuntimeError, match="q must be float16 or bfloat16 on CUDA"):
+    with pytest.raises(ValueError, match="q must be float16 or bfloat16 on CUDA"):
         ops.tree_attention(q.float(), k.float(), v.float(), lens)
-    with pytest.raises(RuntimeError, match="must have the dtype of q"):
+    with pytest.raises(ValueError, match="k_cache must be Half"):
         ops.tree_attention(q, k.bfloat16(), v.bfloat16(), lens)
-    with pytest.raises(RuntimeError, match="head dim must be 64 or 128 on CUDA"):
+    with pytest.raises(ValueError, match="head dim must be 64 or 128 on CUDA"):
         ops.tree_attention(q[..., :32], k[..., :32].contiguous(), v[..., :32].contiguous(), lens)
-    with pytest.raises(RuntimeError, match="tree_mask must have shape"):
+    with pytest.raises(ValueError, match="tree_mask must have shape"):
         ops.tree_attention(q, k, v, lens, torch.zeros(1, 2, 1, dtype=torch.long, device="cuda"))

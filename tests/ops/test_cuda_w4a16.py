@@ -40,14 +40,14 @@ def test_linear_to_cuda():
 def test_rejects_float32_activations():
     qw = random_quantized(64, 64, 32)
     packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 32)
-    with pytest.raises(RuntimeError, match="x must be float16 or bfloat16 on CUDA"):
+    with pytest.raises(ValueError, match="x must be float16 or bfloat16 on CUDA"):
         ops.w4a16_gemm(torch.randn(2, 64, device="cuda"), *packed, 32, 64)
 
 
 def test_rejects_cpu_layout():
     qw = random_quantized(64, 64, 32)
     cpu_packed = ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, 32)
-    with pytest.raises(RuntimeError, match="packed_qweight"):
+    with pytest.raises(ValueError, match="packed_qweight"):
         ops.w4a16_gemm(torch.randn(2, 64, device="cuda").half(), *[t.cuda() for t in cpu_packed], 32, 64)
 
 
@@ -88,7 +88,7 @@ def test_misaligned_and_strided_x():
 def test_rejects_wrong_in_features():
     qw = random_quantized(64, 128, 32)
     packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 32)
-    with pytest.raises(RuntimeError, match=r"x.size\(1\) must be 128"):
+    with pytest.raises(ValueError, match=r"x.size\(1\) must be 128"):
         ops.w4a16_gemm(torch.randn(2, 64, device="cuda").half(), *packed, 32, 64)
 
 
@@ -96,7 +96,7 @@ def test_rejects_wrong_group_size_and_out_features():
     qw = random_quantized(64, 128, 32)
     packed = ops.w4a16_prepack(qw.qweight.cuda(), qw.scales.cuda(), qw.mins.cuda(), 32)
     x = torch.randn(2, 128, device="cuda").half()
-    with pytest.raises(RuntimeError, match="packed_scales must have shape"):
+    with pytest.raises(ValueError, match="packed_scales must have shape"):
         ops.w4a16_gemm(x, *packed, 64, 64)
-    with pytest.raises(RuntimeError, match="out_features 200 does not match"):
+    with pytest.raises(ValueError, match="out_features 200 does not match"):
         ops.w4a16_gemm(x, *packed, 32, 200)

@@ -53,12 +53,12 @@ def _bad_call(accept_idx, accept_len, cache_lens=(6,), s_max=10):
 )
 def test_bad_input_leaves_the_cache_untouched(accept_idx, accept_len, message):
     k, v, lens, idx, n, before = _bad_call(accept_idx, accept_len)
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(ValueError, match=message):
         ops.kv_compact(k, v, lens, idx, n)
     assert torch.equal(k, before[0]) and torch.equal(v, before[1]) and int(lens[0]) == 6
 
 
 def test_mismatched_caches():
-    with pytest.raises(RuntimeError, match="v_cache must have the shape of k_cache"):
+    with pytest.raises(ValueError, match="v_cache must have the shape of k_cache"):
         ops.kv_compact(torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 2), torch.zeros(1, dtype=torch.int32),
                        torch.tensor([[0]]), torch.tensor([1]))

@@ -213,62 +213,62 @@ def test_torch_compile():
 
 # ---------------------------------------------------------------- bad inputs
 def test_norm_weight_size():
-    with pytest.raises(RuntimeError, match="weight must have x's last dim 19"):
+    with pytest.raises(ValueError, match="weight must have x's last dim 19"):
         ops.rms_norm(rows((2, 19)), rows((18,)), EPS)
 
 
 def test_norm_dtype():
-    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16, got Double"):
+    with pytest.raises(ValueError, match="x must be float32, bfloat16 or float16, got Double"):
         ops.rms_norm(rows((2, 19)).double(), rows((19,)), EPS)
 
 
 def test_norm_negative_eps():
-    with pytest.raises(RuntimeError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be >= 0"):
         ops.rms_norm(rows((2, 19)), rows((19,)), -1.0)
 
 
 def test_residual_shape():
-    with pytest.raises(RuntimeError, match="residual must have the shape of x"):
+    with pytest.raises(ValueError, match="residual must have the shape of x"):
         ops.add_rms_norm(rows((2, 19)), rows((3, 19)), rows((19,)), EPS)
 
 
 def test_residual_dtype():
-    with pytest.raises(RuntimeError, match="residual must be BFloat16"):
+    with pytest.raises(ValueError, match="residual must be BFloat16"):
         ops.add_rms_norm(rows((2, 19), torch.bfloat16), rows((2, 19)), rows((19,)), EPS)
 
 
 def test_silu_odd_width():
-    with pytest.raises(RuntimeError, match=r"x must end in an even dim \[..., 2H\]"):
+    with pytest.raises(ValueError, match=r"x must end in an even dim \[..., 2H\]"):
         ops.silu_and_mul(rows((2, 19)))
 
 
 def test_rope_positions_outside_table():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3]))
     args[3] = torch.tensor([[3, args[4].shape[0]]])
-    with pytest.raises(RuntimeError, match=r"positions\[0, 1\] = \d+ is outside the RoPE table"):
+    with pytest.raises(ValueError, match=r"positions\[0, 1\] = \d+ is outside the RoPE table"):
         ops.rope_and_cache(*args)
     args[3] = torch.tensor([[-1, 3]])
-    with pytest.raises(RuntimeError, match=r"positions\[0, 0\] = -1"):
+    with pytest.raises(ValueError, match=r"positions\[0, 0\] = -1"):
         ops.rope_and_cache(*args)
 
 
 def test_rope_positions_dtype():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3]))
     args[3] = args[3].int()
-    with pytest.raises(RuntimeError, match="positions must be Long"):
+    with pytest.raises(ValueError, match="positions must be Long"):
         ops.rope_and_cache(*args)
 
 
 def test_rope_cache_overflow():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3], spare=0))
     args[8] = torch.tensor([4], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match="cache overflow in row 0: cache_lens 4 \\+ T 2 > S_max 5"):
+    with pytest.raises(ValueError, match="cache overflow in row 0: cache_lens 4 \\+ T 2 > S_max 5"):
         ops.rope_and_cache(*args)
 
 
 def test_rope_odd_head_dim():
     q = rows((1, 1, 2, 15))
-    with pytest.raises(RuntimeError, match="head dim must be even"):
+    with pytest.raises(ValueError, match="head dim must be even"):
         ops.rope_and_cache(q, q, q, torch.zeros(1, 1, dtype=torch.long), rows((4, 7)), rows((4, 7)),
                            rows((1, 3, 2, 15)), rows((1, 3, 2, 15)), torch.zeros(1, dtype=torch.int32))
 
@@ -276,7 +276,7 @@ def test_rope_odd_head_dim():
 def test_rope_table_shape():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3]))
     args[5] = args[5][:, :4]
-    with pytest.raises(RuntimeError, match=r"rope_sin must be \[positions, D/2 = 8\]"):
+    with pytest.raises(ValueError, match=r"rope_sin must be \[positions, D/2 = 8\]"):
         ops.rope_and_cache(*args)
 
 
@@ -284,23 +284,23 @@ def test_rope_cache_shape_and_dtype():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3]))
     bad = list(args)
     bad[6] = args[6][..., :8]
-    with pytest.raises(RuntimeError, match=r"k_cache must be \[B, S_max, Hkv, D\]"):
+    with pytest.raises(ValueError, match=r"k_cache must be \[B, S_max, Hkv, D\]"):
         ops.rope_and_cache(*bad)
     bad = list(args)
     bad[7] = args[7].half()
-    with pytest.raises(RuntimeError, match="v_cache must be Float like q, got Half"):
+    with pytest.raises(ValueError, match="v_cache must be Float like q, got Half"):
         ops.rope_and_cache(*bad)
 
 
 def test_rope_kv_shape():
     args = list(rope_inputs(1, 2, 2, 1, 16, [3]))
     args[2] = torch.cat([args[2], args[2]], dim=2)
-    with pytest.raises(RuntimeError, match="v must have k's 1 heads"):
+    with pytest.raises(ValueError, match="v must have k's 1 heads"):
         ops.rope_and_cache(*args)
 
 
 def test_rope_head_dim_not_contiguous():
     args = list(rope_inputs(1, 2, 4, 2, 16, [3]))
     args[1] = args[1].transpose(2, 3).contiguous().transpose(2, 3)
-    with pytest.raises(RuntimeError, match="k must be contiguous in the head dim"):
+    with pytest.raises(ValueError, match="k must be contiguous in the head dim"):
         ops.rope_and_cache(*args)

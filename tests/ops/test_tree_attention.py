@@ -187,94 +187,94 @@ def test_opcheck(dtype):
 
 def test_cache_overflow():
     q, k, v, _ = make_inputs(1, 4, 4, 2, 64, [0], spare=0)
-    with pytest.raises(RuntimeError, match="cache overflow"):
+    with pytest.raises(ValueError, match="cache overflow"):
         ops.tree_attention(q, k, v, torch.tensor([1], dtype=torch.int32))
 
 
 def test_negative_cache_len():
     q, k, v, _ = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="cache overflow in row 0: cache_lens -1"):
+    with pytest.raises(ValueError, match="cache overflow in row 0: cache_lens -1"):
         ops.tree_attention(q, k, v, torch.tensor([-1], dtype=torch.int32))
 
 
 def test_heads_not_a_multiple():
     q, k, v, lens = make_inputs(1, 2, 5, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="multiple of KV heads"):
+    with pytest.raises(ValueError, match="multiple of KV heads"):
         ops.tree_attention(q, k, v, lens)
 
 
 def test_head_dim_not_a_multiple_of_16():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 40, [4])
-    with pytest.raises(RuntimeError, match="head dim must be a multiple of 16"):
+    with pytest.raises(ValueError, match="head dim must be a multiple of 16"):
         ops.tree_attention(q, k, v, lens)
 
 
 def test_head_dim_mismatch():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match=r"k_cache.size\(3\) must be 64"):
+    with pytest.raises(ValueError, match=r"k_cache.size\(3\) must be 64"):
         ops.tree_attention(q, k[..., :32], v[..., :32], lens)
 
 
 def test_batch_mismatch():
     q, k, v, lens = make_inputs(2, 2, 4, 2, 64, [4, 4])
-    with pytest.raises(RuntimeError, match=r"k_cache.size\(0\) must be 2"):
+    with pytest.raises(ValueError, match=r"k_cache.size\(0\) must be 2"):
         ops.tree_attention(q, k[:1], v[:1], lens)
-    with pytest.raises(RuntimeError, match=r"cache_lens.size\(0\) must be 2"):
+    with pytest.raises(ValueError, match=r"cache_lens.size\(0\) must be 2"):
         ops.tree_attention(q, k, v, lens[:1])
 
 
 def test_value_cache_shape():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="v_cache must have the shape of k_cache"):
+    with pytest.raises(ValueError, match="v_cache must have the shape of k_cache"):
         ops.tree_attention(q, k, v[:, :-1], lens)
 
 
 def test_dtype_mismatch():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="k_cache must be Float"):
+    with pytest.raises(ValueError, match="k_cache must be Float"):
         ops.tree_attention(q, k.bfloat16(), v.bfloat16(), lens)
-    with pytest.raises(RuntimeError, match="v_cache must be Float"):
+    with pytest.raises(ValueError, match="v_cache must be Float"):
         ops.tree_attention(q, k, v.half(), lens)
-    with pytest.raises(RuntimeError, match="q must be float32, bfloat16 or float16"):
+    with pytest.raises(ValueError, match="q must be float32, bfloat16 or float16"):
         ops.tree_attention(q.double(), k.double(), v.double(), lens)
 
 
 def test_head_dim_not_contiguous():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
     k_strided = k.transpose(2, 3).contiguous().transpose(2, 3)
-    with pytest.raises(RuntimeError, match="contiguous in the head dim"):
+    with pytest.raises(ValueError, match="contiguous in the head dim"):
         ops.tree_attention(q, k_strided, v, lens)
 
 
 def test_wrong_ranks():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="q must have 4 dims"):
+    with pytest.raises(ValueError, match="q must have 4 dims"):
         ops.tree_attention(q[0], k, v, lens)
-    with pytest.raises(RuntimeError, match="k_cache must have 4 dims"):
+    with pytest.raises(ValueError, match="k_cache must have 4 dims"):
         ops.tree_attention(q, k[0], v[0], lens)
-    with pytest.raises(RuntimeError, match="cache_lens must have 1 dims"):
+    with pytest.raises(ValueError, match="cache_lens must have 1 dims"):
         ops.tree_attention(q, k, v, lens[None])
 
 
 def test_mask_shape():
     q, k, v, lens = make_inputs(1, 3, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="tree_mask must have shape"):
+    with pytest.raises(ValueError, match="tree_mask must have shape"):
         ops.tree_attention(q, k, v, lens, torch.zeros(1, 2, 1, dtype=torch.long))
 
 
 def test_mask_dtype():
     q, k, v, lens = make_inputs(1, 3, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="tree_mask must be Long"):
+    with pytest.raises(ValueError, match="tree_mask must be Long"):
         ops.tree_attention(q, k, v, lens, torch.zeros(1, 3, 1, dtype=torch.int32))
 
 
 def test_too_many_tokens():
     q, k, v, lens = make_inputs(1, 257, 2, 1, 16, [0])
-    with pytest.raises(RuntimeError, match="T must be in"):
+    with pytest.raises(ValueError, match="T must be in"):
         ops.tree_attention(q, k, v, lens)
 
 
 def test_cache_lens_dtype():
     q, k, v, lens = make_inputs(1, 2, 4, 2, 64, [4])
-    with pytest.raises(RuntimeError, match="cache_lens must be Int"):
+    with pytest.raises(ValueError, match="cache_lens must be Int"):
         ops.tree_attention(q, k, v, lens.long())

@@ -161,35 +161,35 @@ def test_opcheck():
 @pytest.mark.parametrize("parents, message", [([[-1, 2, 0]], r"must be in \[0, 1\)"), ([[0, 0, 0]], "must be -1"),
                                               ([[-1, -2, 0]], "padding nodes")])
 def test_bad_parents(parents, message):
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(ValueError, match=message):
         ops.tree_verify_greedy(torch.zeros(1, 3, dtype=torch.long), torch.tensor(parents), torch.randn(1, 3, 4))
 
 
 def test_too_many_nodes():
     t = 257
-    with pytest.raises(RuntimeError, match="1 to 256 nodes"):
+    with pytest.raises(ValueError, match="1 to 256 nodes"):
         ops.tree_verify_greedy(torch.zeros(1, t, dtype=torch.long), torch.arange(t)[None] - 1, torch.randn(1, t, 2))
 
 
 def test_logits_shape_mismatch():
-    with pytest.raises(RuntimeError, match=r"logits.size\(1\) must be 2"):
+    with pytest.raises(ValueError, match=r"logits.size\(1\) must be 2"):
         ops.tree_verify_greedy(torch.zeros(1, 2, dtype=torch.long), torch.tensor([[-1, 0]]), torch.randn(1, 3, 4))
 
 
 def test_uniforms_shape():
-    with pytest.raises(RuntimeError, match=r"uniforms must be float32 \[B, T \+ 1\]"):
+    with pytest.raises(ValueError, match=r"uniforms must be float32 \[B, T \+ 1\]"):
         ops.tree_verify_sample(torch.zeros(1, 2, dtype=torch.long), torch.tensor([[-1, 0]]), torch.randn(1, 2, 4),
                                1.0, uniforms=torch.rand(1, 2))
 
 
 def test_token_out_of_vocabulary():
-    with pytest.raises(RuntimeError, match=r"tokens must be in \[0, V = 4\)"):
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, V = 4\)"):
         ops.tree_verify_sample(torch.tensor([[0, 9]]), torch.tensor([[-1, 0]]), torch.randn(1, 2, 4), 1.0)
 
 
 def test_bad_sampling_parameters():
     args = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([[-1, 0]]), torch.randn(1, 2, 4))
-    with pytest.raises(RuntimeError, match="top_p must be in"):
+    with pytest.raises(ValueError, match="top_p must be in"):
         ops.tree_verify_sample(*args, 1.0, top_p=0.0)
-    with pytest.raises(RuntimeError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         ops.tree_verify_sample(*args, -1.0)

@@ -170,58 +170,59 @@ def _packed(n=32, k=64, group_size=32):
 
 def test_bad_group_size():
     qw = random_quantized(32, 64, 32)
-    with pytest.raises(RuntimeError, match="group_size must be 32, 64 or 128"):
+    with pytest.raises(ValueError, match="group_size must be 32, 64 or 128"):
         ops.w4a16_prepack(qw.qweight, qw.scales, qw.mins, 16)
 
 
 def test_k_not_multiple_of_group():
-    with pytest.raises(RuntimeError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="multiple of group_size"):
         ops.w4a16_prepack(torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 1), torch.zeros(8, 1), 64)
 
 
 def test_qweight_dtype():
     qw = random_quantized(32, 64, 32)
-    with pytest.raises(RuntimeError, match="qweight must be Byte"):
+    with pytest.raises(ValueError, match="qweight must be Byte"):
         ops.w4a16_prepack(qw.qweight.int(), qw.scales, qw.mins, 32)
 
 
 def test_scales_shape():
     qw = random_quantized(32, 64, 32)
-    with pytest.raises(RuntimeError, match=r"scales.size\(1\) must be 2"):
+    with pytest.raises(ValueError, match=r"scales.size\(1\) must be 2"):
         ops.w4a16_prepack(qw.qweight, qw.scales[:, :1], qw.mins[:, :1], 32)
 
 
 def test_x_wrong_k():
     qw, packed = _packed()
-    with pytest.raises(RuntimeError, match=r"x.size\(1\) must be 64"):
+    with pytest.raises(ValueError, match=r"x.size\(1\) must be 64"):
         ops.w4a16_gemm(torch.randn(2, 32), *packed, 32, 32)
 
 
 def test_x_integer_dtype():
     qw, packed = _packed()
-    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
+    with pytest.raises(ValueError, match="x must be float32, bfloat16 or float16"):
         ops.w4a16_gemm(torch.ones(2, 64, dtype=torch.int32), *packed, 32, 32)
 
 
 def test_x_three_dims_to_raw_op():
     qw, packed = _packed()
-    with pytest.raises(RuntimeError, match="x must have 2 dims"):
+    with pytest.raises(ValueError, match="x must have 2 dims"):
         ops.w4a16_gemm(torch.randn(1, 2, 64), *packed, 32, 32)
 
 
 def test_canonical_weights_are_not_a_packed_layout():
     qw, packed = _packed()
-    with pytest.raises(RuntimeError, match="packed_qweight must have 3 dims"):
+    with pytest.raises(ValueError, match="packed_qweight must have 3 dims"):
         ops.w4a16_gemm(torch.randn(2, 64), qw.qweight, *packed[1:], 32, 32)
 
 
 def test_out_features_mismatch():
     qw, packed = _packed()
-    with pytest.raises(RuntimeError, match="out_features 500 does not match"):
+    with pytest.raises(ValueError, match="out_features 500 does not match"):
         ops.w4a16_gemm(torch.randn(2, 64), *packed, 32, 500)
 
 
 def test_device_mismatch():
     qw, packed = _packed()
+    # A meta x dispatches to the fake kernel (ops.py, torch._check: RuntimeError), not to the C++ checks.
     with pytest.raises(RuntimeError, match="same device"):
         ops.w4a16_gemm(torch.randn(2, 64, device="meta"), *packed, 32, 32)

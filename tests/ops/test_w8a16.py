@@ -101,13 +101,13 @@ def test_opcheck(n, k, group_size, m):
 def test_rejects_a_4_bit_layout_and_bad_shapes():
     qweight, scales, mins, g = random_w8(32, 128, 32)
     w4_packed = ops.w4a16_prepack(qweight[:, :64].contiguous(), scales, mins, g)
-    with pytest.raises(RuntimeError, match="x.size"):  # [tiles, K/8, 16] read as [tiles, K/4, 16]: K = 64
+    with pytest.raises(ValueError, match="x.size"):  # [tiles, K/8, 16] read as [tiles, K/4, 16]: K = 64
         ops.w8a16_gemm(torch.randn(2, 128), *w4_packed, g, 32)
-    with pytest.raises(RuntimeError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="multiple of group_size"):
         ops.w8a16_prepack(qweight[:, :48].contiguous(), scales[:, :1].contiguous(), mins[:, :1].contiguous(), g)
-    with pytest.raises(RuntimeError, match="qweight must be Byte"):
+    with pytest.raises(ValueError, match="qweight must be Byte"):
         ops.w8a16_prepack(qweight.to(torch.int8), scales, mins, g)
     packed = ops.w8a16_prepack(qweight, scales, mins, g)
-    with pytest.raises(RuntimeError, match="out_features"):
+    with pytest.raises(ValueError, match="out_features"):
         ops.w8a16_gemm(torch.randn(2, 128), *packed, g, 100)
     assert ops.w8a16_gemm(torch.randn(0, 128), *packed, g, 32).shape == (0, 32)

@@ -105,9 +105,9 @@ def test_rounding_error_bound(digits, group_size):
 @pytest.mark.parametrize("bad", [0, 4, -1])
 def test_bad_x_digits(bad):
     w = random_quantized(16, 64, 32)
-    with pytest.raises(RuntimeError, match="x_digits must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="x_digits must be 1, 2 or 3"):
         gemm(4, torch.randn(2, 64), w, bad)
-    with pytest.raises(RuntimeError, match="x_digits must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="x_digits must be 1, 2 or 3"):
         gemm(8, torch.randn(2, 64), random_w8(16, 64, 32), bad)
     with pytest.raises(ValueError, match="x_digits must be 1, 2 or 3"):
         quant.set_x_digits(quant.W4A16Linear(w), bad)

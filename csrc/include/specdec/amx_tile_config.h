@@ -1,5 +1,5 @@
 // The operand of LDTILECFG (palette 1): per tile register its rows and bytes per row. Shared by the AMX
-// kernels (w4a16_amx.cpp, tree_attention_amx.cpp), each of which loads its own shapes.
+// kernels (w4a16_int8.cpp, tree_attention_amx.cpp), each of which loads its own shapes.
 #pragma once
 #include <cstdint>
 

@@ -1,6 +1,6 @@
 // A growable per-thread scratch buffer in 2 MiB-aligned memory that the kernel may back with huge pages.
 // With 4 KiB pages the physical placement (and so the L2 sets) of a kernel's working set changes from
-// process to process, and with it the time of L2-bound loops (AMX tile loads: up to 2.5x, measured).
+// process to process, and with it the time of L2-bound loops such as AMX tile loads.
 // Growing never shrinks; the contents are not kept across a growth.
 #pragma once
 #include <sys/mman.h>

@@ -2,6 +2,7 @@
 import json
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -231,7 +232,7 @@ def run(args):
         write_json(args.json, {"methods": summary, "prompts": records,
                                "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                             "prompts": str(args.prompts), "limit": args.limit, "head": harness.head_path,
-                                            "tree": harness.tree, "chain": harness.chain,
+                                            "tree": asdict(harness.tree), "chain": asdict(harness.chain),
                                             "x_digits": harness.x_digits}})
     if args.plot:
         plot(records, methods, args.plot)

@@ -5,8 +5,10 @@ from .base import DEFAULT_CHAIN, DEFAULT_TREE, SHAPE_WITH_LOOKUP, Drafter, Draft
 from .eagle import EagleDrafter
 from .eagle_head import EagleHead
 from .head_file import default_head_path, load_head, save_head
+from .ldlp import LengthPredictor, PredictorConfig, default_predictor_path, load_predictor, save_predictor
 from .ngram import NgramLookup
 from .tree_growth import grow_tree, select_tree
 
 __all__ = ["DEFAULT_CHAIN", "DEFAULT_TREE", "SHAPE_WITH_LOOKUP", "DraftShape", "Drafter", "EagleDrafter", "EagleHead",
-           "NgramLookup", "default_head_path", "grow_tree", "load_head", "save_head", "select_tree"]
+           "LengthPredictor", "NgramLookup", "PredictorConfig", "default_head_path", "default_predictor_path", "grow_tree",
+           "load_head", "load_predictor", "save_head", "save_predictor", "select_tree"]

@@ -6,9 +6,9 @@ lookup=NgramLookup())` grafts its chain into the EAGLE-2 tree, so the target ver
 How long a chain is worth verifying depends on the match: a 9-token match is usually followed by what
 followed it before, a 1-token match rarely is, unless the head's own top-1 child is the chain's first token.
 The lengths below are, per (match length, does the head's top-1 child agree), the largest depth d at which
-P(the chain's first d tokens are all accepted) >= 0.2; on this CPU a verified node costs ~0.12 decoding
-steps, so a node accepted less often than ~1 in 5 slows decoding. Measured with head v3 and (4, 2, 2) trees
-on 300 of the training conversations (not the end-to-end prompts; benchmarks/NOTES.md, "prompt lookup").
+P(the chain's first d tokens are all accepted) >= 0.2: a verified node costs about a fifth of what an accepted
+token saves on the CPUs measured, so a node accepted less often slows decoding (calibration: docs/notes.md,
+"prompt lookup").
 """
 from bisect import bisect_right
 

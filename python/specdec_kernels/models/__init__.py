@@ -7,10 +7,8 @@ from .hf_loader import load_hf
 from .llama import ModelConfig, Transformer
 
 # Activation digits of the runner's GEMMs on the CPU integer paths (ops.w4a16_gemm). Two, not the op's
-# three: verifying 16 tokens costs ~1.6x less (their integer work is 2/3), while over 645 teacher-forced
-# positions of the e2e prompts the argmax agreed with three digits at 644 and the mean KL was 1e-5
-# (benchmarks/NOTES.md). One digit (8-bit activations) would save more but changed 14% of those argmaxes
-# (KL 0.048).
+# three: 2/3 of the integer work for the same argmax almost everywhere; one digit changes too many argmaxes
+# (docs/notes.md, "activation digits").
 RUNNER_X_DIGITS = 2
 
 

@@ -134,7 +134,7 @@ class Block(nn.Module):
         x, h = add_and_norm(x, pending, weights["attn_norm"], c.norm_eps)
         heads = layers["wqkv"].forward(h).view(batch, t, -1, c.head_dim)
         q, k, v = heads.split_with_sizes([c.n_heads, c.n_kv_heads, c.n_kv_heads], dim=2)  # views, no copies
-        # the new tokens' K/V go to [cache_len, cache_len + T) (DESIGN 3.3)
+        # the new tokens' K/V go to [cache_len, cache_len + T) (docs/design.md 3.3)
         q = ops.rope_and_cache(q, k, v, positions, *rope, k_cache, v_cache, cache_lens)
         attn = ops.tree_attention(q, k_cache, v_cache, cache_lens, tree_mask)
         x, h = ops.add_rms_norm(x, layers["wo"].forward(attn.view(batch * t, c.dim)), weights["ffn_norm"], c.norm_eps)

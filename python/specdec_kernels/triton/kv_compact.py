@@ -1,4 +1,4 @@
-"""KV compaction in Triton (DESIGN 3.3): in place, entry cache_len + accept_idx[i] moves to cache_len + i.
+"""KV compaction in Triton (docs/design.md 3.3): in place, entry cache_len + accept_idx[i] moves to cache_len + i.
 
 accept_idx increases and accept_idx[i] >= i, so a destination is never read by a later move, but it may be
 the source of an earlier one: the moves of a row run in path order inside one program, a barrier between

@@ -1,4 +1,4 @@
-"""Tree attention in Triton (DESIGN 3.2, 3.3): T new tokens over a static KV cache under a bit-packed tree mask.
+"""Tree attention in Triton (docs/design.md 3.2, 3.3): T new tokens over a static KV cache under a bit-packed tree mask.
 
 One program owns BLOCK_R query rows of one (batch row, KV head): the rows are (token, query head of the
 group) pairs, so a GQA group shares every K/V tile it loads. It walks the keys in two phases with an

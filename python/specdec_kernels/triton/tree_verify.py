@@ -1,4 +1,4 @@
-"""Fused tree verification in Triton (DESIGN 4.3): one program per batch row walks its tree from the root and
+"""Fused tree verification in Triton (docs/design.md 4.3): one program per batch row walks its tree from the root and
 reduces only the vocabulary rows of the nodes it visits, in blocks of BLOCK_V, in float32.
 
 Sampling keeps the target distribution p of the current node unnormalised in a float32 scratch row with its
@@ -229,7 +229,7 @@ def _verdict(tokens):
 
 
 def tree_verify_greedy(tokens, parents, logits):
-    """tokens int64 [B, T], parents [B, T] (DESIGN 3.2), logits [B, T, V] -> (accept_idx int64 [B, T] padded
+    """tokens int64 [B, T], parents [B, T] (docs/design.md 3.2), logits [B, T, V] -> (accept_idx int64 [B, T] padded
     with -1, accept_len int64 [B] counting the root, bonus int64 [B])."""
     check_tree(tokens, parents)
     check_logits(logits, tokens)

@@ -1,4 +1,4 @@
-"""W4A16 GEMM in Triton on the canonical format (DESIGN 3.1): no prepack, one program per output tile
+"""W4A16 GEMM in Triton on the canonical format (docs/design.md 3.1): no prepack, one program per output tile
 and K slice.
 
 A k-block never straddles a quantization group (BLOCK_K divides G), so each block dequantizes with one
@@ -63,7 +63,7 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, m_ptr, y_ptr, M, N, K, group_size, k_per_
 
 
 def check_w4a16_args(x, qweight, scales, mins, group_size: int) -> None:
-    """ValueError naming the argument unless the call fits DESIGN 3.1."""
+    """ValueError naming the argument unless the call fits docs/design.md 3.1."""
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
     if x.dim() != 2 or qweight.dim() != 2 or qweight.dtype != torch.uint8:

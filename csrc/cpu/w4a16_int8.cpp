@@ -9,15 +9,15 @@
 // by default; reference.round_x_digits models it). With D = 3, values at most 13 binades below the group
 // maximum are exact in bf16 (10 in float16); others, and float32 values, which carry more bits than the
 // window, are off by half a unit of the last digit at most (one where it saturates): 2^-(7 D - 1) of the
-// group maximum, 2^-20 for D = 3 (a fourth digit for float32 cost 20-25% of the time at M >= 16 for error
-// far below the 4-bit weights'), 2^-13 for D = 2, 2^-6 for D = 1 (8-bit activations, as llama.cpp's Q8 but
+// group maximum, 2^-20 for D = 3 (no fourth digit for float32: it would cost time for error far below the
+// 4-bit weights'), 2^-13 for D = 2, 2^-6 for D = 1 (8-bit activations, as llama.cpp's Q8 but
 // with a power-of-two scale). The integer work scales with D.
 // Weights stay q (0..15, exact; 8-bit weights, w8a16_gemm: 0..255). Per row, group and
 // 16 output columns:
 //   C_d = sum_{k in g} digit_d[k] * q[k]                        (exact int32: |C_d| < 2^22)
 //   c   = (C_0 * 128 + C_1) * 128 + ...                          (float32, one rounding per step)
 //   y   = fma(xsum_g, m_g, fma(c, s_g * 2^(E - 6 - 7 (D - 1)), y))   (groups ascending, y starts at 0)
-// — the per-group-sum identity of DESIGN 3.1. The sums are exact integers, so their order (tiles,
+// — the per-group-sum identity of docs/design.md 3.1. The sums are exact integers, so their order (tiles,
 // vectors, any M) cannot change a bit; rounding happens only in the fixed epilogue above.
 //
 // Tiles (8 registers): tmm0..3 = C (int32) for 4 weight tiles (64 output columns) x one row block;
@@ -34,7 +34,7 @@
 #include "specdec/amx_tile_config.h"
 #include "w4a16_isa.h"
 
-namespace specdec::cpu::amx {
+namespace specdec::cpu::int8_dot {
 namespace {
 
 constexpr int kTilesPerBlock = 4;
@@ -61,13 +61,13 @@ Scratch& thread_scratch(int M) {
 }
 
 }  // namespace
-}  // namespace specdec::cpu::amx
+}  // namespace specdec::cpu::int8_dot
 
 #pragma GCC push_options
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,avx2,fma,f16c,amx-tile,amx-int8")
-namespace specdec::cpu::amx {
+namespace specdec::cpu::int8_dot {
 namespace {
 
 constexpr int kTileN = 16;            // output columns per weight tile
@@ -156,7 +156,7 @@ void store_row(void* out, int out_dtype, long col, int valid, __m512 v) {
 }
 
 // Rows [row0, row0 + rows) of tiles [tile0, tile0 + tiles): float32 accumulators (row stride 64) -> out.
-void write_out(const AmxArgs& a, const float* yacc, int row0, int rows, long tile0, int tiles) {
+void write_out(const Int8Args& a, const float* yacc, int row0, int rows, long tile0, int tiles) {
   for (int r = 0; r < rows; ++r) {
     char* out_row = static_cast<char*>(a.out) + (long)(row0 + r) * a.ld_out * a.out_elem;
     for (int t = 0; t < tiles; ++t) {
@@ -169,12 +169,11 @@ void write_out(const AmxArgs& a, const float* yacc, int row0, int rows, long til
 
 // ---------------------------------------------------------------- the vector kernel (VPDPBUSD)
 // The next tile block's lines (its weight words, scales and mins: three contiguous ranges), fetched into
-// L1 a few per k step while this block computes (into L2 instead: ~1.5x slower at M = 1). Streaming ahead within a tile alone leaves its first lines
-// to demand misses, and a tile is short (K = 576: 4.6 KiB of words): weights cycled through more than the
-// L3, 3072 x 576 at M = 1 ran at ~13 GB/s that way.
+// L1 (not L2: slower at M = 1) a few per k step while this block computes. Streaming ahead within a tile
+// alone leaves its first lines to demand misses, and a tile is short (K = 576: 4.6 KiB of words).
 class NextBlockPrefetch {
  public:
-  NextBlockPrefetch(const AmxArgs& a, long words_per_tile, long next_tile, int tiles, long k_steps) {
+  NextBlockPrefetch(const Int8Args& a, long words_per_tile, long next_tile, int tiles, long k_steps) {
     const long groups = a.K / a.group_size;
     base_[0] = reinterpret_cast<const char*>(a.qpacked + next_tile * words_per_tile);
     base_[1] = reinterpret_cast<const char*>(a.scales + next_tile * groups * kTileN);
@@ -202,10 +201,10 @@ class NextBlockPrefetch {
 // ROWS x rows (R = ROWS * D digit rows) x T tiles, int32 sums in registers: R T sums, T weight rows and one
 // digit broadcast at a time (<= 32 with the Dequantizer's constants). STEP (a.k_step) is a compile-time
 // constant so that every digit row's address is the block's base plus an immediate: with a run-time step
-// the 9 row offsets of a 3-row block and the 18 sums did not fit the registers (sums spilled every 8 k,
-// an idiv per 8 k; the M >= 2 kernel ran at ~37% of VPDPBUSD peak on Zen 5).
+// the 9 row offsets of a 3-row block and the 18 sums do not fit the registers (sums spill every 8 k, and an
+// idiv per 8 k).
 template <int ROWS, int D, int T, int STEP, class Weights>
-void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0, float* yacc, NextBlockPrefetch& next) {
+void vector_block(const Int8Args& a, const Weights& weights, int row0, long tile0, float* yacc, NextBlockPrefetch& next) {
   constexpr int R = ROWS * D;
   const int groups = a.K / a.group_size, steps_per_group = a.group_size / STEP;
   const long q_tile = (long)a.K / 8 * Weights::kWordsPer8K, s_tile = (long)groups * kTileN;
@@ -248,14 +247,12 @@ void vector_block(const AmxArgs& a, const Weights& weights, int row0, long tile0
 }
 
 // One row: 4 tiles at a time (4 R independent sums); more rows: blocks of kRows rows x 2 tiles, then 2 + 2
-// or 2 or 1. With 3 digits kRows = 3 (a weight row feeds 9 sums; 18 accumulators): three rows in one pass
-// instead of 2 + 1 took the runner's T = 3 forward from ~1.3x to ~1.2x its T = 2 forward (Zen 5). With 1 or
-// 2 digits kRows = 4 (8 or 16 sums): fastest of 3, 4, 6 and 8 rows at M = 4..16 on Zen 5 (1 digit, M = 16:
-// 141 us against 171 / 159 / 186; 2 digits: 223-235 against 235-245 for 3 rows, and M = 4 in one pass);
-// the last 3 or 5 rows go as 3 or 3 + 2, never with a lone row: 2 digits, T = 3 forward 1.03-1.17x its
-// T = 1 forward against 1.35-1.37x as 2 + 1 (T = 7: 1.6-1.76x against 1.8-1.95x; three rounds).
+// or 2 or 1. Every pass streams its weights once, so rows share passes: with 3 digits kRows = 3 (a weight
+// row feeds 9 sums; 18 accumulators), three rows in one pass rather than 2 + 1; with 1 or 2 digits kRows = 4
+// (8 or 16 sums; M = 4 in one pass), and the last 3 or 5 rows go as 3 or 3 + 2, never with a lone row.
+// The block sizes were chosen by measurement (docs/notes.md, "The vector (VNNI) kernel").
 template <int D, int STEP, class Weights>
-void vector_tiles(const AmxArgs& a, const Weights& weights, long begin, long end, float* yacc) {
+void vector_tiles(const Int8Args& a, const Weights& weights, long begin, long end, float* yacc) {
   const long k_steps = a.K / 8, words_per_tile = k_steps * Weights::kWordsPer8K;
   const auto next_block = [&](long tile0, int tiles, int passes) {
     return tile0 + tiles < end ? NextBlockPrefetch(a, words_per_tile, tile0 + tiles, tiles, passes * k_steps)
@@ -320,7 +317,7 @@ void configure_tiles(int rows, int step) {
 // whole x rows of digit rows) multiply, store C and run that block's epilogue at once: C is still in L1 and
 // the next block's tile multiplies overlap this block's vector work. The next tile block streams in meanwhile.
 template <int D>
-void tile_kernel(const AmxArgs& a, const Dequantizer& dq, Scratch& scratch, long begin, long end) {
+void tile_kernel(const Int8Args& a, const Dequantizer& dq, Scratch& scratch, long begin, long end) {
   const int M = a.M, K = a.K, groups = K / a.group_size, step = a.k_step, steps = a.group_size / step;
   const int tile_rows = a.tile_rows, block_rows = tile_rows / D, row_blocks = (M + block_rows - 1) / block_rows;
   const bool nibbles = a.weight_bits == 4;
@@ -408,7 +405,7 @@ inline float pow2(int e) {  // 2^e for -126 <= e <= 127
 }  // namespace
 
 // ---------------------------------------------------------------- entry points
-void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, float* xscale) {
+void pack_activations(const Int8Activations& x, int8_t* panels, float* xsum, float* xscale) {
   const int D = x.digits, tile_rows = x.tile_rows, step = x.k_step, G = x.group_size, groups = x.K / G;
   const long panel = (long)x.K * tile_rows;
   // Digit row i = m D + d lives in block i / tile_rows, row i % tile_rows; k in step k / k_step.
@@ -456,7 +453,7 @@ void pack_activations(const AmxActivations& x, int8_t* panels, float* xsum, floa
   }
 }
 
-void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
+void w4a16_gemm_tiles(const Int8Args& a, long begin, long end) {
   static const Dequantizer dq;
   Scratch& scratch = thread_scratch(a.M);
   const auto run = [&](auto digits) {
@@ -475,5 +472,5 @@ void w4a16_gemm_tiles(const AmxArgs& a, long begin, long end) {
   run(std::integral_constant<int, 3>{});
 }
 
-}  // namespace specdec::cpu::amx
+}  // namespace specdec::cpu::int8_dot
 #pragma GCC pop_options

@@ -1,0 +1,98 @@
+"""AdaEAGLE's Lightweight Draft Length Predictor, LDLP (docs/design.md 4.4): how many tokens to draft next.
+
+The decision is made at the last accepted token x_j, the last position whose target feature exists, from
+the target's own quantities there:
+
+    x = concat(embed(x_j), f_j)                      # [.., 2 dim]: input embedding, final-norm feature
+    h = silu(w_in(norm(x)));  h = h + silu(w_mid(h))  # [.., hidden]: 3 layers, the middle one residual
+    length = round(w_out(h)) clipped to [0, k_max]   # draft a chain of that many tokens; 0: a plain step
+
+Its file holds the config, the weights and free-form metadata (the command that trained it), saved with
+torch.save and read back with weights_only=True, as drafters.head_file does for the EAGLE head.
+"""
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from specdec_kernels.tree import MAX_TREE_NODES
+
+from .head_file import HEADS_DIR
+
+MAX_DRAFT_LENGTH = MAX_TREE_NODES - 1  # a chain of k drafts is a tree of k + 1 nodes, root included
+
+
+def check_k_max(k_max: int) -> int:
+    if not 1 <= k_max <= MAX_DRAFT_LENGTH:
+        raise ValueError(f"k_max must be in [1, {MAX_DRAFT_LENGTH}] (a chain draft of k_max tokens), got {k_max}")
+    return k_max
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    dim: int              # the target's hidden size: each of the two inputs has this width
+    k_max: int            # the longest chain the predictor may ask for
+    hidden_dim: int = 256
+
+    def __post_init__(self):
+        check_k_max(self.k_max)
+        if self.dim < 1 or self.hidden_dim < 1:
+            raise ValueError(f"a length predictor needs dim >= 1 and hidden_dim >= 1, got {self}")
+
+
+class LengthPredictor(nn.Module):
+    """The LDLP in plain PyTorch: (embeds, features) [.., dim] each -> a real-valued draft length [..]."""
+
+    def __init__(self, config: PredictorConfig):
+        super().__init__()
+        self.config = config
+        self.norm = nn.LayerNorm(2 * config.dim)  # embeddings and features differ in scale (~15x: SmolLM2)
+        self.w_in = nn.Linear(2 * config.dim, config.hidden_dim)
+        self.w_mid = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.w_out = nn.Linear(config.hidden_dim, 1)
+
+    def forward(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The real-valued length (the regression output, what training's loss sees)."""
+        if embeds.shape[-1] != self.config.dim or features.shape[-1] != self.config.dim:
+            raise ValueError(f"the predictor takes embeddings and features of width {self.config.dim}, got "
+                             f"{embeds.shape[-1]} and {features.shape[-1]}")
+        h = F.silu(self.w_in(self.norm(torch.cat([embeds, features.to(embeds.dtype)], -1))))
+        h = h + F.silu(self.w_mid(h))
+        return self.w_out(h).squeeze(-1)
+
+    @torch.no_grad()
+    def lengths(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Draft lengths int64 [..] in [0, k_max]; 0 means a plain decoding step."""
+        return to_length(self(embeds, features), self.config.k_max)
+
+
+def to_length(raw: torch.Tensor, k_max: int) -> torch.Tensor:
+    """Real-valued lengths -> int64 lengths: rounded (half to even, as torch.round) and clipped to [0, k_max]."""
+    return raw.round().clamp(0, k_max).long()
+
+
+# ---------------------------------------------------------------- the file
+def default_predictor_path(model_path: str) -> str | None:
+    """The shipped predictor for a GGUF file (heads/<file name>.ldlp.pt), or None when there is none."""
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    path = os.path.join(HEADS_DIR, f"{name}.ldlp.pt")
+    return path if os.path.exists(path) else None
+
+
+def save_predictor(predictor: LengthPredictor, path: str, **metadata) -> None:
+    torch.save({"config": asdict(predictor.config), "weights": predictor.state_dict(), "metadata": metadata}, path)
+
+
+def load_predictor(path: str, target) -> LengthPredictor:
+    """The predictor in `path` for `target` (a models.Transformer); ValueError when it was trained for another
+    hidden size. The saved metadata is on `predictor.metadata`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = PredictorConfig(**saved["config"])
+    if config.dim != target.config.dim:
+        raise ValueError(f"{path} is a length predictor for dim {config.dim}, the target has dim {target.config.dim}")
+    predictor = LengthPredictor(config)
+    predictor.load_state_dict(saved["weights"])
+    predictor.metadata = saved.get("metadata", {})
+    return predictor.eval()

@@ -1,0 +1,194 @@
+"""AdaEAGLE's draft length predictor: shapes, lengths rounded and clipped to [0, k_max], its file, the batched
+labels equal to what the real drafter's chain accepts, training that lowers the loss, bad input."""
+import pytest
+import torch
+
+from specdec_kernels.decoding import generate, speculative_generate
+from specdec_kernels.drafters import (DraftShape, EagleDrafter, EagleHead, LengthPredictor, PredictorConfig,
+                                      load_predictor, save_predictor)
+from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, to_length
+from specdec_kernels.train.eagle import generate_batch
+from specdec_kernels.train.ldlp import best_constant, chain_labels, evaluate, examples, train, weighted_l1
+from specdec_kernels.train.ldlp import main as train_main
+
+K_MAX = 4
+
+
+@pytest.fixture(scope="module")
+def sequences(tiny):
+    prompts = torch.randint(0, 40, (24, 3), generator=torch.Generator().manual_seed(1)).tolist()
+    return generate_batch(tiny, prompts, 24)
+
+
+@pytest.fixture
+def head(trained_head):
+    """conftest's trained head: its chains are accepted for 0 to K_MAX tokens, so the labels vary."""
+    return trained_head
+
+
+def predictor_for(tiny, k_max=K_MAX, seed=0):
+    torch.manual_seed(seed)
+    return LengthPredictor(PredictorConfig(tiny.config.dim, k_max, hidden_dim=32)).eval()
+
+
+# ---------------------------------------------------------------- the predictor
+def test_shapes(tiny):
+    predictor = predictor_for(tiny)
+    embeds, features = torch.randn(3, 7, tiny.config.dim), torch.randn(3, 7, tiny.config.dim)
+    assert predictor(embeds, features).shape == (3, 7)
+    lengths = predictor.lengths(embeds, features)
+    assert lengths.shape == (3, 7) and lengths.dtype == torch.int64
+    assert predictor.lengths(embeds[0, 0], features[0, 0].half()).shape == ()  # one position; float16 features
+
+
+def test_lengths_are_rounded_and_clipped():
+    raw = torch.tensor([-3.0, -0.4, 0.4, 0.6, 1.5, 2.5, 3.49, 3.51, 99.0])
+    assert to_length(raw, 4).tolist() == [0, 0, 0, 1, 2, 2, 3, 4, 4]  # torch.round: half to even
+
+
+@pytest.mark.parametrize("bias, expected", [(-50.0, 0), (2.2, 2), (50.0, K_MAX)])
+def test_predictor_lengths_stay_in_range(tiny, bias, expected):
+    predictor = predictor_for(tiny)
+    with torch.no_grad():
+        predictor.w_out.weight.zero_()
+        predictor.w_out.bias.fill_(bias)
+    lengths = predictor.lengths(torch.randn(5, tiny.config.dim), torch.randn(5, tiny.config.dim))
+    assert lengths.tolist() == [expected] * 5
+
+
+def test_file_round_trip(tiny, tmp_path):
+    predictor = predictor_for(tiny, seed=3)
+    path = str(tmp_path / "tiny.ldlp.pt")
+    save_predictor(predictor, path, command="python -m specdec_kernels.train.ldlp --out x", positions=10)
+    loaded = load_predictor(path, tiny)
+    assert loaded.config == predictor.config and not loaded.training
+    assert loaded.metadata == {"command": "python -m specdec_kernels.train.ldlp --out x", "positions": 10}
+    x, f = torch.randn(9, tiny.config.dim), torch.randn(9, tiny.config.dim)
+    assert torch.equal(loaded(x, f), predictor(x, f))
+
+
+def test_length_zero_is_a_plain_step(tiny, head):
+    """A predicted length of 0 asks for DraftShape.chain(0): a tree of the root alone, so the step is a plain
+    decoding step (one token) and the output is plain greedy's; chains of every length up to K_MAX keep it."""
+    drafter = EagleDrafter(tiny, head)
+    prompt = [1, 5, 7, 9]
+    plain = generate(tiny, prompt, 20)
+    out = speculative_generate(tiny, drafter, prompt, 20, shape=DraftShape.chain(0))
+    assert out.tokens == plain.tokens and set(out.accepted_per_step) == {1} and set(out.draft_sizes) == {1}
+    for k in range(1, K_MAX + 1):
+        assert speculative_generate(tiny, drafter, prompt, 20, shape=DraftShape.chain(k)).tokens == plain.tokens
+
+
+# ---------------------------------------------------------------- labels
+def drafter_label(drafter, tokens, features, j, k_max):
+    """Leading tokens of the drafter's greedy chain (DraftShape.chain(k_max)) after pairs 0..j that match
+    x_{j+2}, x_{j+3}, ..., and how many true tokens there were to compare."""
+    drafter.reset()
+    hidden, log_probs = drafter.extend(tokens[1: j + 2], features[: j + 1])
+    draft = drafter.grow_tree(int(tokens[j + 1]), hidden, log_probs, DraftShape.chain(k_max))
+    drafted, truth = draft.tokens[0, 1:].tolist(), tokens[j + 2: j + 2 + k_max].tolist()
+    matched = 0
+    while matched < min(len(drafted), len(truth)) and drafted[matched] == truth[matched]:
+        matched += 1
+    return matched, len(truth)
+
+
+def test_labels_are_the_drafters_chain_acceptance(tiny, head, sequences):
+    """chain_labels (EagleHead.unrolled, batched) gives at every answer position what EagleDrafter's real chain
+    draft would have accepted; positions it leaves out are those where the answer ended before a mismatch."""
+    labels = chain_labels(head, tiny.embedding, sequences, K_MAX)
+    drafter = EagleDrafter(tiny, head, quantize=False)
+    seen = []
+    for s, label in zip(sequences, labels):
+        assert label.shape == (s.tokens.numel() - 1,)
+        assert (label[: s.answer_start - 1] == -1).all()  # prompt positions: no target continuation
+        features = s.features.float()
+        for j in range(s.answer_start - 1, s.tokens.numel() - 1):
+            matched, available = drafter_label(drafter, s.tokens, features, j, K_MAX)
+            if int(label[j]) >= 0:
+                assert int(label[j]) == matched, f"position {j}"
+                seen.append(matched)
+            else:
+                assert matched == available < K_MAX, f"position {j}"
+    counts = torch.bincount(torch.tensor(seen), minlength=K_MAX + 1)
+    assert (counts > 0).sum() >= 3 and counts[K_MAX] > 0, f"labels too uniform to test: {counts.tolist()}"
+
+
+def test_labels_depend_on_the_head(tiny, head, sequences):
+    """Negative control: an untrained head's labels differ (the comparison above can fail)."""
+    torch.manual_seed(5)
+    other = EagleHead.from_target(tiny, torch.arange(40)).eval()
+    ours, theirs = (torch.cat(chain_labels(h, tiny.embedding, sequences, K_MAX)) for h in (head, other))
+    assert not torch.equal(ours, theirs) and ours.clamp(min=0).sum() > theirs.clamp(min=0).sum()
+
+
+def test_examples_take_the_last_accepted_token(tiny, head, sequences):
+    labels = chain_labels(head, tiny.embedding, sequences, K_MAX)
+    data = examples(sequences, labels)
+    kept = [(s, j) for s, label in zip(sequences, labels) for j in range(label.numel()) if label[j] >= 0]
+    assert len(data) == len(kept) and data.features.shape == (len(kept), tiny.config.dim)
+    assert data.tokens.tolist() == [int(s.tokens[j]) for s, j in kept]  # x_j, whose feature f_j decides
+    assert torch.equal(data.features, torch.stack([s.features[j] for s, j in kept]).half())
+    assert data.labels.min() >= 0 and data.labels.max() <= K_MAX
+
+
+# ---------------------------------------------------------------- training
+def test_weighted_l1_weights_under_prediction():
+    assert weighted_l1(torch.tensor([1.0]), torch.tensor([3.0]), 3.0) == 6.0  # under by 2, weighted
+    assert weighted_l1(torch.tensor([3.0]), torch.tensor([1.0]), 3.0) == 2.0  # over by 2
+    assert weighted_l1(torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0]), 3.0) == 4.0
+
+
+def test_best_constant():
+    assert best_constant(torch.tensor([0, 1, 1, 5]), 6) == 1
+    assert best_constant(torch.tensor([6, 6, 6, 0]), 6) == 6
+
+
+def test_training_lowers_the_loss(tiny, head, sequences):
+    data = examples(sequences, chain_labels(head, tiny.embedding, sequences, K_MAX))
+    predictor = predictor_for(tiny)
+    lines = []
+    history = train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, log=lines.append)
+    assert history[-1] < 0.8 * history[0], history
+    assert len(lines) == 15 and not predictor.training
+    metrics = evaluate(predictor, tiny.embedding, data, best_constant(data.labels, K_MAX))
+    assert len(metrics) == 2
+    for m in metrics.values():
+        assert 0 <= m["exact"] <= m["within_1"] <= 1 and m["mae"] >= 0
+        assert 0 <= m["accepted"] <= min(m["drafted"], float(data.labels.float().mean())) + 1e-6
+    # it fits its training positions better than any fixed length
+    assert metrics["predictor"]["mae"] < next(m for k, m in metrics.items() if k != "predictor")["mae"]
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("k_max", [0, -1, MAX_DRAFT_LENGTH + 1])
+def test_k_max_out_of_range(tiny, head, sequences, k_max):
+    with pytest.raises(ValueError, match=r"k_max must be in \[1, "):
+        PredictorConfig(tiny.config.dim, k_max)
+    with pytest.raises(ValueError, match=r"k_max must be in \[1, "):
+        chain_labels(head, tiny.embedding, sequences[:1], k_max)
+
+
+def test_predictor_for_another_model_is_refused(tiny, tmp_path):
+    path = str(tmp_path / "other.ldlp.pt")
+    save_predictor(LengthPredictor(PredictorConfig(32, K_MAX, hidden_dim=8)), path)
+    with pytest.raises(ValueError, match="length predictor for dim 32, the target has dim 64"):
+        load_predictor(path, tiny)
+
+
+def test_inputs_of_another_width_are_refused(tiny):
+    with pytest.raises(ValueError, match="embeddings and features of width 64, got 32 and 64"):
+        predictor_for(tiny)(torch.randn(2, 32), torch.randn(2, 64))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--k-max", "0"], "--k-max: k_max must be in [1, "),
+    (["--k-max", "1000"], "--k-max: k_max must be in [1, "),
+    (["--under-weight", "1"], "--under-weight must be above 1"),
+    (["--limit", "3"], "--limit must be at least 20"),
+    (["--eval-prompts", "missing.jsonl"], "missing.jsonl: no such file"),
+])
+def test_training_command_refuses_bad_flags(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "p.ldlp.pt")] + flags)
+    assert message in capsys.readouterr().err
