@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from specdec_kernels import _C, ops, quant
 
 # ---------------------------------------------------------------- tolerances (kernels vs float64 references)
-# One tolerance table per dtype (atol, rtol) for kernels vs the float64 references.
+# One table per dtype: (atol, rtol).
 TOLERANCES = {
     torch.float32: (1e-4, 1e-4),
     torch.float16: (2e-2, 1e-2),
@@ -156,16 +156,11 @@ def logits_favouring_children(tokens, parents, vocab, seed):
     return logits
 
 
+# The losslessness tests' target: root distribution ROOT_P, then a Markov chain (after token x the next-token
+# distribution is MARKOV[x]), verified over one tree shape TRIALS times.
 VOCAB, TRIALS = 6, 20000
-
-
 ROOT_P = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
-
-
-# A Markov target: after token x the next-token distribution is MARKOV[x].
 MARKOV = torch.softmax(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(7)), -1)
-
-
 PARENTS_ROW = [-1, 0, 0, 0, 1, 1, 2, 4]  # a root with 3 children, depth 3
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Iterable, List, Optional
 import torch
 
 from . import ops
-from .drafters import DEFAULT_TREE, Drafter, DraftShape, NgramLookup
+from .drafters import DEFAULT_TREE, Drafter, DraftShape, LengthPredictor, NgramLookup
 from .models import Transformer
 from .reference import sample_from, target_probs
 from .tree import MAX_TREE_NODES
@@ -20,6 +20,7 @@ class GenerationResult:
     seconds: float = 0.0
     accepted_per_step: List[int] = field(default_factory=list)  # tokens emitted per target forward (bonus included)
     draft_sizes: List[int] = field(default_factory=list)        # tree nodes verified per step (root included)
+    draft_lengths: List[int] = field(default_factory=list)      # with a length predictor: draft depth per step
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
 
@@ -77,6 +78,8 @@ def _check_prompt(model: Transformer, prompt_ids: Iterable[int], max_new_tokens:
     prompt = list(prompt_ids)
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
+    if max_new_tokens < 1:  # the output ends when it holds max_new_tokens: 0 would never end it
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if len(prompt) + max_new_tokens > model.max_seq_len:
         raise ValueError(f"context overflow: {len(prompt)} prompt + {max_new_tokens} new tokens > "
                          f"{model.max_seq_len} (the model's cache)")
@@ -91,14 +94,26 @@ def _prefill(model: Transformer, prompt: List[int]):
     return out
 
 
+def step_shape(target: Transformer, shape: DraftShape, room: int, predictor: Optional[LengthPredictor],
+               last_token: int, last_feature: torch.Tensor) -> DraftShape:
+    """This step's draft shape: `shape`, its depth limited to the length the predictor chooses (if given;
+    AdaEAGLE: 0 is the root alone, a plain step), cut to `room` nodes. The predictor decides from the last
+    accepted token x_j and its final-norm feature f_j, the pair train/ldlp.py labels (the root is x_{j+1})."""
+    if predictor is not None:
+        length = int(predictor.lengths(target.embedding[last_token].float(), last_feature.float()))
+        shape = DraftShape(shape.total_tokens if length else 1, min(shape.depth, length), shape.top_k)
+    return shape.within(room)
+
+
 @torch.inference_mode()
 def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iterable[int], max_new_tokens: int,
                          temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                          stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
-                         shape: DraftShape = DEFAULT_TREE, lookup: Optional[NgramLookup] = None
-                         ) -> GenerationResult:
-    """Each step the drafter grows a tree of `shape` (DraftShape.chain(k) for a chain), `lookup` (if given; it is
-    reset) grafts its prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
+                         shape: DraftShape = DEFAULT_TREE, lookup: Optional[NgramLookup] = None,
+                         predictor: Optional[LengthPredictor] = None) -> GenerationResult:
+    """Each step the drafter grows a tree of `shape` (DraftShape.chain(k) for a chain), its depth limited by
+    `predictor` (if given: AdaEAGLE's draft length, step_shape), `lookup` (if given; it is reset) grafts its
+    prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
     (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
     The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
     prompt = _check_prompt(target, prompt_ids, max_new_tokens)
@@ -113,6 +128,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         lookup.extend(prompt)
     # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path.
     pending, features = prompt[1:], hidden[0]
+    last_token = prompt[-1]  # the token at features[-1]'s position: the predictor's x_j
     while True:
         if any(out.emit(t) for t in new_tokens):  # stops at the first token that ends the output
             return result
@@ -120,7 +136,8 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending = []
         room = min(target.max_seq_len - int(target.cache_lens[0]), MAX_TREE_NODES)  # >= 1: room for the root
-        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, shape.within(room))
+        step = step_shape(target, shape, room, predictor, last_token, features[-1])
+        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step)
         if lookup is not None:
             lookup.extend(new_tokens)
             draft = lookup.graft(draft, room)
@@ -134,9 +151,11 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
         path = accept_idx[0, : int(accept_len[0])]
         new_tokens = draft.tokens[0, path[1:]].tolist() + [int(bonus[0])]
-        features = hidden[0, path]
+        features, last_token = hidden[0, path], int(draft.tokens[0, path[-1]])
         result.steps += 1
         result.accepted_per_step.append(len(new_tokens))
         result.draft_sizes.append(draft.tokens.shape[1])
+        if predictor is not None:
+            result.draft_lengths.append(step.depth)
         result.draft_seconds += tock - tick
         result.verify_seconds += time.perf_counter() - tock

@@ -84,3 +84,17 @@ def test_torch_int4_baseline_computes_the_same_weights():
     expected = reference.w4a16_matmul(x.float(), qw.qweight, qw.scales, qw.mins, 128)
     scale = expected.abs().max().item()
     torch.testing.assert_close(int4(x).float(), expected, atol=2e-2 * scale, rtol=2e-2)
+
+
+def test_e2e_ada_methods_need_a_predictor(tmp_path, capsys):
+    """No predictor is shipped: the ada methods stop with a message before any model loads."""
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")  # --model must look like a GGUF file; it is never read
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    args = parser.parse_args(["--model", str(model), "--methods", "vanilla,ada"])
+    with pytest.raises(SystemExit, match="no draft length predictor for .*pass --predictor PATH"):
+        e2e.run(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", str(model), "--methods", "ada", "--predictor", str(tmp_path / "none.ldlp.pt")])
+    assert "none.ldlp.pt: no such file" in capsys.readouterr().err

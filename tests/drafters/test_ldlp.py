@@ -2,10 +2,16 @@
 labels equal to what the real drafter's chain accepts, training that lowers the loss, bad input."""
 import pytest
 import torch
-
 from specdec_kernels.decoding import generate, speculative_generate
-from specdec_kernels.drafters import (DraftShape, EagleDrafter, EagleHead, LengthPredictor, PredictorConfig,
-                                      load_predictor, save_predictor)
+from specdec_kernels.drafters import (
+    DraftShape,
+    EagleDrafter,
+    EagleHead,
+    LengthPredictor,
+    PredictorConfig,
+    load_predictor,
+    save_predictor,
+)
 from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, to_length
 from specdec_kernels.train.eagle import generate_batch
 from specdec_kernels.train.ldlp import best_constant, chain_labels, evaluate, examples, train, weighted_l1
@@ -192,3 +198,99 @@ def test_training_command_refuses_bad_flags(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "p.ldlp.pt")] + flags)
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- decoding with the predictor
+ADA_SHAPES = {"ada": DraftShape.chain(K_MAX), "eagle2-ada": DraftShape(total_tokens=8, depth=3, top_k=2)}
+PROMPTS = [[1, 5, 7, 9], [3, 3, 3], [20, 11, 2, 38, 17, 6]]
+
+
+@pytest.fixture(scope="module")
+def trained_predictor(tiny, trained_head, sequences):
+    data = examples(sequences, chain_labels(trained_head, tiny.embedding, sequences, K_MAX))
+    predictor = predictor_for(tiny)
+    train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, log=lambda _: None)
+    return predictor
+
+
+def constant_predictor(tiny, length: float) -> LengthPredictor:
+    predictor = predictor_for(tiny)
+    with torch.no_grad():
+        predictor.w_out.weight.zero_()
+        predictor.w_out.bias.fill_(length)
+    return predictor
+
+
+def random_predictor(tiny) -> LengthPredictor:
+    """Untrained, its output scaled and shifted so that its lengths spread over 0..K_MAX."""
+    predictor = predictor_for(tiny, seed=7)
+    with torch.no_grad():
+        predictor.w_out.weight.mul_(8.0)  # its raw outputs: mean ~0.13, std ~0.17 on the tiny target
+        predictor.w_out.bias.fill_(1.0)
+    return predictor
+
+
+@pytest.mark.parametrize("method", ADA_SHAPES)
+@pytest.mark.parametrize("which", ["random", "trained"])
+def test_greedy_with_a_predictor_is_plain_greedy(tiny, head, trained_predictor, method, which):
+    predictor = trained_predictor if which == "trained" else random_predictor(tiny)
+    drafter = EagleDrafter(tiny, head)
+    lengths = set()
+    for prompt in PROMPTS:
+        plain = generate(tiny, prompt, 40)
+        out = speculative_generate(tiny, drafter, prompt, 40, shape=ADA_SHAPES[method], predictor=predictor)
+        assert out.tokens == plain.tokens
+        assert len(out.draft_lengths) == out.steps and max(out.draft_lengths) <= ADA_SHAPES[method].depth
+        if method == "ada":  # a chain of k drafts: k + 1 nodes
+            assert out.draft_sizes == [k + 1 for k in out.draft_lengths]
+        lengths |= set(out.draft_lengths)
+    assert len(lengths) >= 3, f"the predictor chose too few lengths to test: {lengths}"
+
+
+def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head):
+    """Each step the predictor gets (embed(x_j), f_j) for the token x_j before the step's root, the pair
+    train/ldlp.py trained it on: checked against one forward over the whole output."""
+    seen = []
+    predictor = random_predictor(tiny)
+    forward = predictor.forward
+    predictor.forward = lambda embeds, features: (seen.append((embeds, features)), forward(embeds, features))[1]
+    prompt = PROMPTS[2]
+    out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, 30, shape=ADA_SHAPES["ada"],
+                               predictor=predictor)
+    sequence = prompt + out.tokens
+    with torch.inference_mode():  # the cache holds inference tensors
+        tiny.reset()
+        _, hidden = tiny(torch.tensor([sequence]))
+    emitted = 1  # the token the prefill chose
+    assert len(seen) == out.steps
+    for (embeds, features), accepted in zip(seen, out.accepted_per_step):
+        j = len(prompt) + emitted - 2  # the root is x_{j+1}, the last token emitted
+        assert torch.equal(embeds, tiny.embedding[sequence[j]].float())
+        torch.testing.assert_close(features, hidden[0, j], atol=1e-4, rtol=1e-4)
+        emitted += accepted
+
+
+@pytest.mark.parametrize("method", ADA_SHAPES)
+def test_predictor_saying_zero_gives_one_token_per_step(tiny, head, method):
+    prompt = PROMPTS[0]
+    out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, 20, shape=ADA_SHAPES[method],
+                               predictor=constant_predictor(tiny, -50.0))
+    assert out.tokens == generate(tiny, prompt, 20).tokens
+    assert out.steps == 19 and set(out.accepted_per_step) == {1} and set(out.draft_sizes) == {1}
+    assert set(out.draft_lengths) == {0}
+
+
+def test_length_is_clipped_to_the_cache_room(tiny, head):
+    """Near max_seq_len a predicted chain of K_MAX is cut to the free cache slots (root included)."""
+    new_tokens = 12
+    prompt = torch.randint(0, 40, (tiny.max_seq_len - new_tokens,), generator=torch.Generator().manual_seed(2)).tolist()
+    out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, new_tokens, shape=ADA_SHAPES["ada"],
+                               predictor=constant_predictor(tiny, 50.0))
+    assert out.tokens == generate(tiny, prompt, new_tokens).tokens
+    emitted, expected = 1, []
+    for accepted in out.accepted_per_step:
+        room = tiny.max_seq_len - (len(prompt) + emitted - 1)  # the cache holds the prompt and all but the root
+        expected.append(min(K_MAX, room - 1))
+        emitted += accepted
+    assert out.draft_lengths == expected and min(expected) < K_MAX
+    assert out.draft_sizes == [k + 1 for k in expected]

@@ -90,6 +90,8 @@ def test_bad_generation_inputs(model):
         generate(model, [], 4)
     with pytest.raises(ValueError, match="context overflow"):
         generate(model, PROMPT, 1000)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        generate(model, PROMPT, 0)  # 0 once decoded until a stop token or the cache's end
 
 
 def test_tiny_random_model_batch_invariance(tmp_path):

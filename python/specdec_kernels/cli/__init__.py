@@ -2,10 +2,16 @@
 
 Each subcommand lives in its own module exposing add_arguments(parser) and run(args); they are
 imported only when used, so `specdec bench w4a16` never pays for transformers.
+
+A mistake in the command line (a missing model file, a negative temperature) is reported as one line naming it,
+exit status 2: at parsing, by the argument types of cli/args.py, or later as a UsageError. Ctrl-C exits 130. Anything
+else keeps its traceback: it is a bug.
 """
 import argparse
 import importlib
 import sys
+
+from .args import UsageError
 
 COMMANDS = {
     "generate": "specdec_kernels.cli.generate",
@@ -21,28 +27,47 @@ BENCHES = {
 }
 
 
-def _add(subparsers, name: str, module_name: str):
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line: argparse's usage block above it would bury the problem (--help shows the usage).
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- the command line
+def _add(subparsers, name: str, module_name: str, wanted: str):
+    if name != wanted:  # listed for --help and typos, not imported
+        subparsers.add_parser(name)
+        return
     module = importlib.import_module(module_name)
     parser = subparsers.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
     module.add_arguments(parser)
     parser.set_defaults(run=module.run)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="specdec", description="Speculative decoding kernels for 4-bit LLMs")
+def _parse(argv):
+    parser = _Parser(prog="specdec", description="Speculative decoding kernels for 4-bit LLMs")
     commands = parser.add_subparsers(dest="command", required=True)
     # Import only the module the command line names (each may pull in heavy dependencies).
     wanted = argv[1] if len(argv) > 1 and argv[0] == "bench" else (argv[0] if argv else None)
     for name, module_name in COMMANDS.items():
-        if name == wanted or wanted is None:
-            _add(commands, name, module_name)
+        _add(commands, name, module_name, wanted)
     bench = commands.add_parser("bench", help="kernel and end-to-end benchmarks").add_subparsers(dest="bench", required=True)
     for name, module_name in BENCHES.items():
-        if name == wanted or wanted is None:
-            _add(bench, name, module_name)
-    args = parser.parse_args(argv)
-    return args.run(args)
+        _add(bench, name, module_name, wanted)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parse(argv)
+        return args.run(args)
+    except UsageError as err:
+        print(f"specdec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nspecdec: interrupted", file=sys.stderr)  # the newline: streamed text may have stopped mid-line
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""The command line's argument types (argparse type=) and UsageError: a mistake in what the user typed is one
+line naming it and exit status 2, found before any model loads."""
+import argparse
+import glob
+import math
+import os
+
+
+class UsageError(Exception):
+    """What the user asked for cannot be done (e.g. no model given and the embedded one is not installed):
+    main() prints `specdec: error: <message>` and exits 2, no traceback."""
+
+
+def _checked(convert, rule: str, ok):
+    """An argparse type: convert the text, then require ok(value); the error says `must be <rule>, got <text>`."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _checked(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
+non_negative_float = _checked(float, "a number >= 0", lambda v: math.isfinite(v) and v >= 0)
+top_p = _checked(float, "in (0, 1]", lambda v: 0 < v <= 1)  # 0 would keep no token at all
+
+
+def readable_file(text: str) -> str:
+    """An existing, readable file (an EAGLE head, a prompt set), as an absolute path."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{text}: not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot read it (permission denied)")
+    return path
+
+
+def model_path(text: str) -> str:
+    """A GGUF file or a Hugging Face checkpoint directory, checked before any loader runs (transformers would
+    take a missing path for a hub repo id), as an absolute path (transformers reads a bare file name's empty
+    directory as a repo id too)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot read it (permission denied)")
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")) or not glob.glob(os.path.join(path, "*.safetensors")):
+            raise argparse.ArgumentTypeError(f"{text}: a directory but not a Hugging Face checkpoint "
+                                             "(needs config.json and *.safetensors)")
+        return path
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text}: cannot read it ({err.strerror})") from None
+    if magic != b"GGUF":
+        raise argparse.ArgumentTypeError(f"{text}: not a GGUF file (and not a checkpoint directory)")
+    return path
+
+
+def default_model_path() -> str:
+    """The embedded model, for commands run without --model."""
+    from specdec_kernels.models import embedded_model_path
+
+    try:
+        return embedded_model_path()
+    except FileNotFoundError as err:
+        raise UsageError(f"no --model given, and {err}") from None
