@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from hypothesis import strategies as st
-from specdec_kernels import _C, ops, quant
+from specdec_kernels import _C, ops, quant, reference
 
 # ---------------------------------------------------------------- tolerances (kernels vs float64 references)
 # One table per dtype: (atol, rtol).
@@ -172,6 +172,29 @@ def verified_paths(tokens, parents, seed):
                 logits[b, parents[b, c], tokens[b, c]] += 4
     accept_idx, accept_len, _ = ops.tree_verify_greedy(tokens, parents, logits)
     return accept_idx, accept_len
+
+
+def sampling_inputs(tokens, parents, seed, sampled_drafts: bool):
+    """(logits, uniforms [B, T + 1], draft_probs or None) for tree_verify_sample on a random tree, every backend."""
+    logits = logits_favouring_children(tokens, parents, 6, seed)
+    g = torch.Generator().manual_seed(seed)
+    uniforms = torch.rand(tokens.shape[0], tokens.shape[1] + 1, generator=g)
+    draft_probs = torch.softmax(torch.randn(*logits.shape, generator=g), -1) if sampled_drafts else None
+    return logits, uniforms, draft_probs
+
+
+def kv_compact_inputs(tokens, parents, seed, stacked: bool, dtype):
+    """(k_cache, v_cache, cache_lens, accept_idx, accept_len) after verifying a random tree, and the reference's
+    compacted (k_cache, v_cache, cache_lens): the inputs every backend's kv_compact test compares."""
+    batch, t = tokens.shape
+    accept_idx, accept_len = verified_paths(tokens, parents, seed)
+    g = torch.Generator().manual_seed(seed)
+    cache_lens = torch.randint(0, 8, (batch,), generator=g, dtype=torch.int32)
+    shape = ((2,) if stacked else ()) + (batch, 8 + t + 2, 3, 4)
+    k_cache, v_cache = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+    expected = [k_cache.clone(), v_cache.clone(), cache_lens.clone()]
+    reference.kv_compact(*expected, accept_idx, accept_len)
+    return (k_cache, v_cache, cache_lens, accept_idx, accept_len), expected
 
 
 # ---------------------------------------------------------------- goodness of fit (losslessness tests)

@@ -1,18 +1,8 @@
 """CUDA tree verification and kv_compact vs the references (run wherever a GPU exists; skipped elsewhere)."""
 import pytest
 import torch
-from helpers import (
-    MARKOV,
-    PARENTS_ROW,
-    ROOT_P,
-    TRIALS,
-    VOCAB,
-    chi_square,
-    chi_square_critical,
-    distinct_sibling_tokens,
-    logits_favouring_children,
-    trees,
-)
+from helpers import (MARKOV, PARENTS_ROW, ROOT_P, TRIALS, VOCAB, chi_square, chi_square_critical,
+                     distinct_sibling_tokens, logits_favouring_children, sampling_inputs, trees)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import ops, reference
@@ -60,10 +50,7 @@ def test_greedy_large_vocabulary(vocab):
 def test_sample_matches_reference(sample, seed, params, sampled_drafts):
     tokens, parents = sample
     temperature, top_p, top_k = params
-    logits = logits_favouring_children(tokens, parents, 6, seed)
-    g = torch.Generator().manual_seed(seed)
-    uniforms = torch.rand(tokens.shape[0], tokens.shape[1] + 1, generator=g)
-    draft_probs = torch.softmax(torch.randn(*logits.shape, generator=g), -1) if sampled_drafts else None
+    logits, uniforms, draft_probs = sampling_inputs(tokens, parents, seed, sampled_drafts)
     got = ops.tree_verify_sample(*on_cuda(tokens, parents, logits), temperature, top_p, top_k,
                                  *on_cuda(draft_probs, uniforms))
     expected = reference.tree_verify_sample(tokens, parents, logits, uniforms, temperature, top_p, top_k, draft_probs)

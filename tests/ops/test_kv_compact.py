@@ -1,23 +1,17 @@
 import pytest
 import torch
-from helpers import trees, verified_paths
+from helpers import kv_compact_inputs, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from specdec_kernels import ops, reference
+from specdec_kernels import ops
 
 
 @settings(max_examples=40, deadline=None)
 @given(trees(vocab=6), st.integers(0, 10**6), st.booleans(), st.sampled_from([torch.float32, torch.bfloat16]))
 def test_matches_reference(sample, seed, stacked, dtype):
     tokens, parents = sample
-    batch, t = tokens.shape
-    accept_idx, accept_len = verified_paths(tokens, parents, seed)
-    g = torch.Generator().manual_seed(seed)
-    cache_lens = torch.randint(0, 8, (batch,), generator=g, dtype=torch.int32)
-    shape = ((2,) if stacked else ()) + (batch, 8 + t + 2, 3, 4)
-    k_cache, v_cache = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
-    expected = [k_cache.clone(), v_cache.clone(), cache_lens.clone()]
-    reference.kv_compact(*expected, accept_idx, accept_len)
+    (k_cache, v_cache, cache_lens, accept_idx, accept_len), expected = kv_compact_inputs(tokens, parents, seed,
+                                                                                         stacked, dtype)
     ops.kv_compact(k_cache, v_cache, cache_lens, accept_idx, accept_len)
     assert torch.equal(k_cache, expected[0]) and torch.equal(v_cache, expected[1])
     assert torch.equal(cache_lens, expected[2])

@@ -1,10 +1,9 @@
 """The Triton kv_compact vs the reference (CPU: under TRITON_INTERPRET=1; copies are exact in every dtype)."""
 import pytest
 import torch
-from helpers import trees, verified_paths
+from helpers import kv_compact_inputs, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from specdec_kernels import reference
 
 pytestmark = pytest.mark.triton
 triton_kv = pytest.importorskip("specdec_kernels.triton.kv_compact")
@@ -15,14 +14,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @given(trees(vocab=6), st.integers(0, 10**6), st.booleans(), st.sampled_from([torch.float32, torch.float16]))
 def test_matches_reference(sample, seed, stacked, dtype):
     tokens, parents = sample
-    batch, t = tokens.shape
-    accept_idx, accept_len = verified_paths(tokens, parents, seed)
-    g = torch.Generator().manual_seed(seed)
-    cache_lens = torch.randint(0, 8, (batch,), generator=g, dtype=torch.int32)
-    shape = ((2,) if stacked else ()) + (batch, 8 + t + 2, 3, 4)
-    k_cache, v_cache = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
-    expected = [k_cache.clone(), v_cache.clone(), cache_lens.clone()]
-    reference.kv_compact(*expected, accept_idx, accept_len)
+    (k_cache, v_cache, cache_lens, accept_idx, accept_len), expected = kv_compact_inputs(tokens, parents, seed,
+                                                                                         stacked, dtype)
     got = [x.to(DEVICE) for x in (k_cache, v_cache, cache_lens)]
     triton_kv.kv_compact(*got, accept_idx.to(DEVICE), accept_len.to(DEVICE))
     for a, b in zip(got, expected):

@@ -2,7 +2,7 @@
 tested for losslessness statistically in test_verify.py). CPU: under TRITON_INTERPRET=1, fp32/fp16 logits."""
 import pytest
 import torch
-from helpers import logits_favouring_children, trees
+from helpers import logits_favouring_children, sampling_inputs, trees
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels import reference
@@ -48,10 +48,7 @@ def test_greedy_ties_break_to_lowest_index_across_blocks():
 def test_sample_matches_reference(sample, seed, params, sampled_drafts):
     tokens, parents = sample
     temperature, top_p, top_k = params
-    logits = logits_favouring_children(tokens, parents, 6, seed)
-    g = torch.Generator().manual_seed(seed)
-    uniforms = torch.rand(tokens.shape[0], tokens.shape[1] + 1, generator=g)
-    draft_probs = torch.softmax(torch.randn(*logits.shape, generator=g), -1) if sampled_drafts else None
+    logits, uniforms, draft_probs = sampling_inputs(tokens, parents, seed, sampled_drafts)
     got = triton_verify.tree_verify_sample(*on_device(tokens, parents, logits, uniforms), temperature, top_p, top_k,
                                            *on_device(draft_probs))
     expected = reference.tree_verify_sample(tokens, parents, logits, uniforms, temperature, top_p, top_k, draft_probs)
