@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from hypothesis import strategies as st
-from specdec_kernels import _C, ops, quant, reference
+from specdec_kernels import _C, ops, quant, reference, tree
 
 # ---------------------------------------------------------------- tolerances (kernels vs float64 references)
 # One table per dtype: (atol, rtol).
@@ -219,13 +219,14 @@ def pooled(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0)
 
 
 # ---------------------------------------------------------------- tiny random models
-def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128):
-    """A one-layer Llama GGUF with random weights (vocabulary 40, tied head); logit_scale multiplies the
-    embedding (= the head) and the final norm: larger values make the next-token distribution peakier."""
+def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128, perturb=0.0, vocab=40):
+    """A one-layer Llama GGUF with random weights (vocabulary 40 unless told, tied head); logit_scale multiplies the
+    embedding (= the head) and the final norm: larger values make the next-token distribution peakier.
+    perturb > 0 adds independent noise of that relative size to every weight: a related but different model."""
     import gguf
 
-    rng = np.random.default_rng(0)
-    dim, hidden, heads, kv_heads, vocab = 64, 96, 4, 2, 40
+    rng, noise = np.random.default_rng(0), np.random.default_rng(1)
+    dim, hidden, heads, kv_heads = 64, 96, 4, 2
     writer = gguf.GGUFWriter(path, arch)
     writer.add_block_count(1)
     writer.add_context_length(context_length)
@@ -237,7 +238,7 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length
     writer.add_rope_freq_base(10000.0)
 
     def add(name, shape, quantize, scale=0.1):
-        w = rng.standard_normal(shape).astype(np.float32) * scale
+        w = (rng.standard_normal(shape) + perturb * noise.standard_normal(shape)).astype(np.float32) * scale
         if quantize:
             writer.add_tensor(name, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
                               raw_dtype=gguf.GGMLQuantizationType.Q4_1)
@@ -256,3 +257,24 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def exact_marginals(model, prompt):
+    """P(first), P(second), P(third) emitted token under plain sampling at temperature 1 (exact, by
+    enumerating the first two tokens with tree forwards: root = first token, its children = every second)."""
+    vocab = model.config.vocab_size
+    model.setup_cache(1, 128)
+    logits, _ = model(torch.tensor([prompt]))
+    p1 = torch.softmax(logits[0, -1].double(), -1)
+    p2, p3 = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64)
+    parents = torch.tensor([[-1] + [0] * vocab])
+    for first in range(vocab):
+        model.setup_cache(1, 128)
+        model(torch.tensor([prompt]))
+        model.commit(len(prompt))
+        draft = tree.DraftTree(torch.tensor([[first] + list(range(vocab))]), parents)
+        logits, _ = model(draft.tokens, draft.positions(model.cache_lens), draft.mask())
+        second = torch.softmax(logits[0, 0].double(), -1)
+        p2 += p1[first] * second
+        p3 += p1[first] * (second[:, None] * torch.softmax(logits[0, 1:].double(), -1)).sum(0)
+    return p1, p2, p3

@@ -20,8 +20,10 @@ class GenerationResult:
     seconds: float = 0.0
     accepted_per_step: List[int] = field(default_factory=list)  # tokens emitted per target forward (bonus included)
     draft_sizes: List[int] = field(default_factory=list)        # tree nodes verified per step (root included)
-    draft_lengths: List[int] = field(default_factory=list)      # with a length predictor: draft depth per step
+    draft_lengths: List[int] = field(default_factory=list)      # draft depth per step (length predictor, HierSpec)
+    intermediate_forwards: List[int] = field(default_factory=list)  # HierSpec: the intermediate's forwards per step
     draft_seconds: float = 0.0
+    intermediate_seconds: float = 0.0
     verify_seconds: float = 0.0
 
     @property

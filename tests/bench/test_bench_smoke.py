@@ -6,6 +6,7 @@ import pytest
 import torch
 from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
 from specdec_kernels.bench.common import CacheFlusher
+from specdec_kernels.cli.args import UsageError
 from specdec_kernels.models import RUNNER_X_DIGITS
 
 
@@ -86,15 +87,27 @@ def test_torch_int4_baseline_computes_the_same_weights():
     torch.testing.assert_close(int4(x).float(), expected, atol=2e-2 * scale, rtol=2e-2)
 
 
-def test_e2e_ada_methods_need_a_predictor(tmp_path, capsys):
-    """No predictor is shipped: the ada methods stop with a message before any model loads."""
+@pytest.mark.parametrize("method, message", [("ada", "no draft length predictor for .*pass --predictor PATH"),
+                                             ("hier", "no intermediate model for .*pass --intermediate PATH"),
+                                             ("chain", "no EAGLE head for .*pass --head")])
+def test_e2e_methods_name_their_missing_parts(tmp_path, method, message):
+    """A model without the parts a method needs: one line naming what is missing, before any model loads."""
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF")  # --model must look like a GGUF file; it is never read
+    head = ["--head", str(model)] if method != "chain" else []  # any readable file: never read either
     parser = argparse.ArgumentParser()
     e2e.add_arguments(parser)
-    args = parser.parse_args(["--model", str(model), "--methods", "vanilla,ada"])
-    with pytest.raises(SystemExit, match="no draft length predictor for .*pass --predictor PATH"):
-        e2e.run(args)
+    with pytest.raises(UsageError, match=message):
+        e2e.run(parser.parse_args(["--model", str(model), "--methods", f"vanilla,{method}"] + head))
+
+
+def test_e2e_refuses_bad_settings(tmp_path, capsys):
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    with pytest.raises(UsageError, match="min_draft must be in"):
+        e2e.run(parser.parse_args(["--model", str(model), "--methods", "hier", "--min-draft", "300"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", str(model), "--methods", "ada", "--predictor", str(tmp_path / "none.ldlp.pt")])
     assert "none.ldlp.pt: no such file" in capsys.readouterr().err

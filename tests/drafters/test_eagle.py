@@ -2,10 +2,9 @@
 step with the target, greedy output = plain greedy output, sampling reproduces the target distribution."""
 import pytest
 import torch
-from helpers import chi_square, chi_square_critical, pooled
+from helpers import chi_square, chi_square_critical, exact_marginals, pooled
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from specdec_kernels import tree
 from specdec_kernels.decoding import generate, speculative_generate
 from specdec_kernels.drafters import (
     DraftShape,
@@ -212,27 +211,6 @@ def test_lookup_chain_is_grafted_within_the_cache(tiny, trained_head):
     rooms = [128 - len(prompt) - sum(spec.accepted_per_step[:step]) for step in range(spec.steps)]
     assert max(spec.draft_sizes) > 4 and all(size <= room for size, room in zip(spec.draft_sizes, rooms))
     assert any(4 < size == room for size, room in zip(spec.draft_sizes, rooms)), (spec.draft_sizes, rooms)
-
-
-def exact_marginals(model, prompt):
-    """P(first), P(second), P(third) emitted token under plain sampling at temperature 1 (exact, by
-    enumerating the first two tokens with tree forwards: root = first token, its children = every second)."""
-    vocab = model.config.vocab_size
-    model.setup_cache(1, 128)
-    logits, _ = model(torch.tensor([prompt]))
-    p1 = torch.softmax(logits[0, -1].double(), -1)
-    p2, p3 = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64)
-    parents = torch.tensor([[-1] + [0] * vocab])
-    for first in range(vocab):
-        model.setup_cache(1, 128)
-        model(torch.tensor([prompt]))
-        model.commit(len(prompt))
-        draft = tree.DraftTree(torch.tensor([[first] + list(range(vocab))]), parents)
-        logits, _ = model(draft.tokens, draft.positions(model.cache_lens), draft.mask())
-        second = torch.softmax(logits[0, 0].double(), -1)
-        p2 += p1[first] * second
-        p3 += p1[first] * (second[:, None] * torch.softmax(logits[0, 1:].double(), -1)).sum(0)
-    return p1, p2, p3
 
 
 def emitted_counts(model, drafter, prompt, trials, temperature, lookup=None):

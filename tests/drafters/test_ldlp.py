@@ -190,7 +190,7 @@ def test_inputs_of_another_width_are_refused(tiny):
 @pytest.mark.parametrize("flags, message", [
     (["--k-max", "0"], "--k-max: k_max must be in [1, "),
     (["--k-max", "1000"], "--k-max: k_max must be in [1, "),
-    (["--under-weight", "1"], "--under-weight must be above 1"),
+    (["--under-weight", "0.5"], "--under-weight must be at least 1"),
     (["--limit", "3"], "--limit must be at least 20"),
     (["--eval-prompts", "missing.jsonl"], "missing.jsonl: no such file"),
 ])

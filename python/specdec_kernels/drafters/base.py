@@ -49,6 +49,9 @@ class Drafter(Protocol):
     def reset(self) -> None:
         """Forget every committed token (a new sequence starts)."""
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` committed pairs (hierarchical.py rolls back what its target rejected)."""
+
     def extend(self, tokens: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Commit tokens int64 [n] with the target's final-norm features [n, dim] of the positions before them
         -> (the hidden state of the last one [dim], its draft log-probs [draft vocab]): the root's children."""

@@ -60,6 +60,12 @@ class EagleDrafter:
     def reset(self):
         self.length = 0
 
+    def truncate(self, length: int):
+        """Keep the first `length` committed pairs (hierarchical drafts roll back what the target rejected)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot keep {length} of the drafter's {self.length} committed pairs")
+        self.length = length
+
     def _layer(self, pairs: torch.Tensor, positions: torch.Tensor, past: int, mask: Optional[torch.Tensor]):
         """pairs [n, 2 dim] at rope `positions` [n] -> f' [n, dim]. Their K/V go to slots [D + past, D + past + n);
         they attend to the committed pairs [0, D) and, under `mask` [1, past + n, words] (None: causal), to

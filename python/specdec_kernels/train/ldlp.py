@@ -187,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--under-weight", type=float, default=3.0, help="lambda: the loss weight of "
-                        "under-prediction (> 1)")
+                        "under-prediction (>= 1; 1 is plain L1)")
     parser.add_argument("--eval-prompts", help="also report on the target's answers to these prompts' first "
                         "turns, left out of training (default: the packaged end-to-end prompts; '' to skip)")
     args = parser.parse_args(argv)
@@ -195,8 +195,8 @@ def main(argv=None):
         check_k_max(args.k_max)
     except ValueError as error:
         parser.error(f"--k-max: {error}")
-    if args.under_weight <= 1:
-        parser.error(f"--under-weight must be above 1 (under-prediction costs more), got {args.under_weight}")
+    if args.under_weight < 1:
+        parser.error(f"--under-weight must be at least 1 (1: plain L1, the mean absolute error), got {args.under_weight}")
     if args.limit is not None and args.limit < 20:
         parser.error(f"--limit must be at least 20 (5% of the sequences are held out), got {args.limit}")
 

@@ -1,0 +1,48 @@
+"""HierSpec's intermediate model for a target (docs/design.md 4.5): derived from the target's own weights as its
+shipped recipe says, or loaded from another GGUF file with the same tokenizer.
+
+A recipe is a small JSON file next to the model's EAGLE head (drafters/heads/NAME.intermediate.json):
+
+    {"layers": [0, 1, ...],          # the target layers the intermediate runs (models.layer_subset)
+     "vocabulary": "draft" | "full", # "draft": its output head computes only the EAGLE head's draft vocabulary
+     "measured": {...}}              # how it was chosen (docs/notes.md, "HierSpec intermediate")
+"""
+import json
+import os
+from typing import Optional
+
+import torch
+
+from .drafters.head_file import HEADS_DIR
+from .hierarchical import check_intermediate
+from .models import Transformer, layer_subset, load_model
+
+
+def recipe_path(model_path: str) -> str:
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    return os.path.join(HEADS_DIR, f"{name}.intermediate.json")
+
+
+def derive_intermediate(target: Transformer, recipe_file: str, drafter) -> Transformer:
+    """The intermediate a recipe file describes (module docstring); `drafter` gives the draft vocabulary."""
+    with open(recipe_file, encoding="utf-8") as f:
+        recipe = json.load(f)
+    vocabulary = recipe.get("vocabulary", "full")
+    if vocabulary not in ("draft", "full"):
+        raise ValueError(f"{recipe_file}: an intermediate's vocabulary is 'draft' or 'full', got {vocabulary!r}")
+    token_ids = torch.tensor(drafter.draft_ids) if vocabulary == "draft" else None
+    return layer_subset(target, recipe["layers"], token_ids)
+
+
+def load_intermediate(path: str, target: Transformer, target_path: Optional[str] = None) -> Transformer:
+    """A runner model from `path` (a GGUF file or checkpoint directory) as the target's intermediate: a
+    ValueError when its vocabulary (and, given target_path, its tokenizer) differs from the target's."""
+    intermediate = load_model(path)
+    check_intermediate(target, intermediate)
+    if target_path is not None:
+        from .engines.transformers import load_tokenizer
+
+        if load_tokenizer(path).get_vocab() != load_tokenizer(target_path).get_vocab():
+            raise ValueError(f"{path} has another tokenizer than {target_path}: an intermediate must share the "
+                             "target's token ids")
+    return intermediate

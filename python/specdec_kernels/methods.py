@@ -1,0 +1,119 @@
+"""The decoding methods by name: what `specdec generate --method` and `specdec bench e2e --methods` run.
+
+A Decoder holds a target and builds what a method needs the first time it is used: the EAGLE drafter, the
+draft length predictor (AdaEAGLE), the intermediate model (HierSpec). A part that is missing (no head shipped
+for this model, no predictor) is a MissingPart error saying how to get one.
+"""
+import os
+from typing import Optional
+
+from .decoding import GenerationResult, generate, speculative_generate
+from .drafters import (
+    DEFAULT_CHAIN,
+    DEFAULT_TREE,
+    DraftShape,
+    EagleDrafter,
+    LengthPredictor,
+    NgramLookup,
+    default_head_path,
+    default_predictor_path,
+    load_predictor,
+)
+from .hierarchical import MIN_DRAFT, check_min_draft, hierarchical_generate
+from .intermediate import derive_intermediate, load_intermediate, recipe_path
+from .models import RUNNER_X_DIGITS, Transformer, load_model
+
+METHODS = {
+    "vanilla": "plain decoding, one token per target forward",
+    "chain": "the EAGLE head's chain (drafters.DEFAULT_CHAIN)",
+    "eagle2": "EAGLE-2 dynamic trees (drafters.DEFAULT_TREE)",
+    "chain-pld": "the head's chain with a prompt-lookup chain grafted in (drafters.ngram)",
+    "eagle2-pld": "EAGLE-2 trees with a prompt-lookup chain grafted in",
+    "ada": "AdaEAGLE: a chain of the length the predictor chooses each step (drafters.ldlp)",
+    "eagle2-ada": "EAGLE-2 trees whose depth the predictor chooses each step",
+    "ada-pld": "AdaEAGLE chains with a prompt-lookup chain grafted in",
+    "hier": "HierSpec: trees verified by an intermediate model, their paths verified by the target as one chain",
+}
+DEFAULT_METHOD = "chain-pld"  # the fastest measured on the embedded model (README, docs/performance.md)
+NEEDS_PREDICTOR = ("ada", "eagle2-ada", "ada-pld")
+
+
+class MissingPart(Exception):
+    """A method needs a part (head, predictor, intermediate) that this model does not have."""
+
+
+class Decoder:
+    """A target and the parts of the methods that use them. The target loads when first used (unless given),
+    each part when a method first needs it; `check` finds a missing part's file before anything loads."""
+
+    def __init__(self, model_path: str, model: Optional[Transformer] = None, head_path: Optional[str] = None,
+                 predictor_path: Optional[str] = None, intermediate_path: Optional[str] = None,
+                 tree: DraftShape = DEFAULT_TREE, chain: DraftShape = DEFAULT_CHAIN, min_draft: int = MIN_DRAFT,
+                 x_digits: int = RUNNER_X_DIGITS):
+        check_min_draft(min_draft, tree)
+        self.model_path, self._model, self.x_digits = model_path, model, x_digits
+        self.head_path = head_path or default_head_path(model_path)
+        self.predictor_path = predictor_path or default_predictor_path(model_path)
+        recipe = recipe_path(model_path)
+        self.intermediate_source = intermediate_path or (recipe if os.path.exists(recipe) else None)
+        self.tree, self.chain, self.min_draft = tree, chain, min_draft
+        self._drafter = self._predictor = self._intermediate = None
+
+    @property
+    def model(self) -> Transformer:
+        if self._model is None:
+            self._model = load_model(self.model_path, x_digits=self.x_digits)
+        return self._model
+
+    def check(self, method: str) -> None:
+        """A MissingPart error naming what `method` needs and this model lacks (nothing is loaded)."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        if method != "vanilla" and self.head_path is None:
+            raise MissingPart(f"no EAGLE head for {self.model_path} (method {method}): train one (python -m "
+                              "specdec_kernels.train.eagle) and pass --head")
+        if method in NEEDS_PREDICTOR and self.predictor_path is None:
+            raise MissingPart(f"no draft length predictor for {self.model_path} (methods {', '.join(NEEDS_PREDICTOR)}): "
+                              "train one with python -m specdec_kernels.train.ldlp --out PATH and pass --predictor PATH")
+        if method == "hier" and self.intermediate_source is None:
+            raise MissingPart(f"no intermediate model for {self.model_path} (method hier): pass --intermediate PATH (a "
+                              "GGUF file with the same tokenizer)")
+        for path in (self.head_path, self.predictor_path, self.intermediate_source):
+            if path is not None and not os.path.exists(path):
+                raise MissingPart(f"{path}: no such file")
+
+    @property
+    def drafter(self) -> EagleDrafter:
+        if self._drafter is None:
+            self._drafter = EagleDrafter.from_file(self.head_path, self.model)
+        return self._drafter
+
+    @property
+    def predictor(self) -> LengthPredictor:
+        if self._predictor is None:
+            self._predictor = load_predictor(self.predictor_path, self.model)
+        return self._predictor
+
+    @property
+    def intermediate(self) -> Transformer:
+        if self._intermediate is None:
+            if self.intermediate_source.endswith(".json"):
+                self._intermediate = derive_intermediate(self.model, self.intermediate_source, self.drafter)
+            else:
+                self._intermediate = load_intermediate(self.intermediate_source, self.model, self.model_path)
+        return self._intermediate
+
+    def generate(self, method: str, prompt_ids, max_new_tokens: int, **options) -> GenerationResult:
+        """Decode with `method`; options: temperature, top_p, top_k, seed, stop_tokens, stream."""
+        self.check(method)
+        if method == "vanilla":
+            return generate(self.model, prompt_ids, max_new_tokens, **options)
+        if method == "hier":
+            return hierarchical_generate(self.model, self.intermediate, self.drafter, prompt_ids, max_new_tokens,
+                                         shape=self.tree, min_draft=self.min_draft, **options)
+        ada = method in NEEDS_PREDICTOR
+        shape = (self.tree if method.startswith("eagle2") else
+                 DraftShape.chain(self.predictor.config.k_max) if ada else self.chain)
+        return speculative_generate(self.model, self.drafter, prompt_ids, max_new_tokens, shape=shape,
+                                    lookup=NgramLookup() if method.endswith("-pld") else None,
+                                    predictor=self.predictor if ada else None, **options)
