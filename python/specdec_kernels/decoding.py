@@ -97,12 +97,14 @@ def _prefill(model: Transformer, prompt: List[int]):
 
 
 def step_shape(target: Transformer, shape: DraftShape, room: int, predictor: Optional[LengthPredictor],
-               last_token: int, last_feature: torch.Tensor) -> DraftShape:
+               last_token: int, last_feature: torch.Tensor, root_log_probs: torch.Tensor) -> DraftShape:
     """This step's draft shape: `shape`, its depth limited to the length the predictor chooses (if given;
     AdaEAGLE: 0 is the root alone, a plain step), cut to `room` nodes. The predictor decides from the last
-    accepted token x_j and its final-norm feature f_j, the pair train/ldlp.py labels (the root is x_{j+1})."""
+    accepted token x_j, its final-norm feature f_j (the pair train/ldlp.py labels; the root is x_{j+1}) and
+    the drafter's top-1 probability for the root's first child."""
     if predictor is not None:
-        length = int(predictor.lengths(target.embedding[last_token].float(), last_feature.float()))
+        confidence = root_log_probs.max().exp()
+        length = int(predictor.lengths(target.embedding[last_token].float(), last_feature.float(), confidence))
         shape = DraftShape(shape.total_tokens if length else 1, min(shape.depth, length), shape.top_k)
     return shape.within(room)
 
@@ -138,7 +140,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending = []
         room = min(target.max_seq_len - int(target.cache_lens[0]), MAX_TREE_NODES)  # >= 1: room for the root
-        step = step_shape(target, shape, room, predictor, last_token, features[-1])
+        step = step_shape(target, shape, room, predictor, last_token, features[-1], root_log_probs)
         draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step)
         if lookup is not None:
             lookup.extend(new_tokens)

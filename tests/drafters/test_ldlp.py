@@ -41,10 +41,12 @@ def predictor_for(tiny, k_max=K_MAX, seed=0):
 def test_shapes(tiny):
     predictor = predictor_for(tiny)
     embeds, features = torch.randn(3, 7, tiny.config.dim), torch.randn(3, 7, tiny.config.dim)
-    assert predictor(embeds, features).shape == (3, 7)
-    lengths = predictor.lengths(embeds, features)
+    confidence = torch.rand(3, 7)
+    assert predictor(embeds, features, confidence).shape == (3, 7)
+    lengths = predictor.lengths(embeds, features, confidence)
     assert lengths.shape == (3, 7) and lengths.dtype == torch.int64
-    assert predictor.lengths(embeds[0, 0], features[0, 0].half()).shape == ()  # one position; float16 features
+    one = predictor.lengths(embeds[0, 0], features[0, 0].half(), confidence[0, 0])  # one position; float16 features
+    assert one.shape == ()
 
 
 def test_lengths_are_rounded_and_clipped():
@@ -58,7 +60,7 @@ def test_predictor_lengths_stay_in_range(tiny, bias, expected):
     with torch.no_grad():
         predictor.w_out.weight.zero_()
         predictor.w_out.bias.fill_(bias)
-    lengths = predictor.lengths(torch.randn(5, tiny.config.dim), torch.randn(5, tiny.config.dim))
+    lengths = predictor.lengths(torch.randn(5, tiny.config.dim), torch.randn(5, tiny.config.dim), torch.rand(5))
     assert lengths.tolist() == [expected] * 5
 
 
@@ -69,8 +71,8 @@ def test_file_round_trip(tiny, tmp_path):
     loaded = load_predictor(path, tiny)
     assert loaded.config == predictor.config and not loaded.training
     assert loaded.metadata == {"command": "python -m specdec_kernels.train.ldlp --out x", "positions": 10}
-    x, f = torch.randn(9, tiny.config.dim), torch.randn(9, tiny.config.dim)
-    assert torch.equal(loaded(x, f), predictor(x, f))
+    x, f, c = torch.randn(9, tiny.config.dim), torch.randn(9, tiny.config.dim), torch.rand(9)
+    assert torch.equal(loaded(x, f, c), predictor(x, f, c))
 
 
 def test_length_zero_is_a_plain_step(tiny, head):
@@ -88,29 +90,32 @@ def test_length_zero_is_a_plain_step(tiny, head):
 # ---------------------------------------------------------------- labels
 def drafter_label(drafter, tokens, features, j, k_max):
     """Leading tokens of the drafter's greedy chain (DraftShape.chain(k_max)) after pairs 0..j that match
-    x_{j+2}, x_{j+3}, ..., and how many true tokens there were to compare."""
+    x_{j+2}, x_{j+3}, ..., how many true tokens there were to compare, and the drafter's top-1 probability
+    for the chain's first token (the predictor's confidence input)."""
     drafter.reset()
     hidden, log_probs = drafter.extend(tokens[1: j + 2], features[: j + 1])
     draft = drafter.grow_tree(int(tokens[j + 1]), hidden, log_probs, DraftShape.chain(k_max))
+    top = float(log_probs.detach().max().exp())
     drafted, truth = draft.tokens[0, 1:].tolist(), tokens[j + 2: j + 2 + k_max].tolist()
     matched = 0
     while matched < min(len(drafted), len(truth)) and drafted[matched] == truth[matched]:
         matched += 1
-    return matched, len(truth)
+    return matched, len(truth), top
 
 
 def test_labels_are_the_drafters_chain_acceptance(tiny, head, sequences):
     """chain_labels (EagleHead.unrolled, batched) gives at every answer position what EagleDrafter's real chain
     draft would have accepted; positions it leaves out are those where the answer ended before a mismatch."""
-    labels = chain_labels(head, tiny.embedding, sequences, K_MAX)
+    labels, confidences = chain_labels(head, tiny.embedding, sequences, K_MAX)
     drafter = EagleDrafter(tiny, head, quantize=False)
     seen = []
-    for s, label in zip(sequences, labels):
-        assert label.shape == (s.tokens.numel() - 1,)
+    for s, label, confidence in zip(sequences, labels, confidences):
+        assert label.shape == confidence.shape == (s.tokens.numel() - 1,)
         assert (label[: s.answer_start - 1] == -1).all()  # prompt positions: no target continuation
         features = s.features.float()
         for j in range(s.answer_start - 1, s.tokens.numel() - 1):
-            matched, available = drafter_label(drafter, s.tokens, features, j, K_MAX)
+            matched, available, top = drafter_label(drafter, s.tokens, features, j, K_MAX)
+            assert abs(float(confidence[j]) - top) < 1e-4, f"position {j}"
             if int(label[j]) >= 0:
                 assert int(label[j]) == matched, f"position {j}"
                 seen.append(matched)
@@ -124,14 +129,15 @@ def test_labels_depend_on_the_head(tiny, head, sequences):
     """Negative control: an untrained head's labels differ (the comparison above can fail)."""
     torch.manual_seed(5)
     other = EagleHead.from_target(tiny, torch.arange(40)).eval()
-    ours, theirs = (torch.cat(chain_labels(h, tiny.embedding, sequences, K_MAX)) for h in (head, other))
+    ours, theirs = (torch.cat(chain_labels(h, tiny.embedding, sequences, K_MAX)[0]) for h in (head, other))
     assert not torch.equal(ours, theirs) and ours.clamp(min=0).sum() > theirs.clamp(min=0).sum()
 
 
 def test_examples_take_the_last_accepted_token(tiny, head, sequences):
-    labels = chain_labels(head, tiny.embedding, sequences, K_MAX)
-    data = examples(sequences, labels)
+    labels, confidences = chain_labels(head, tiny.embedding, sequences, K_MAX)
+    data = examples(sequences, labels, confidences)
     kept = [(s, j) for s, label in zip(sequences, labels) for j in range(label.numel()) if label[j] >= 0]
+    assert torch.equal(data.confidence, torch.cat([c[label >= 0] for c, label in zip(confidences, labels)]))
     assert len(data) == len(kept) and data.features.shape == (len(kept), tiny.config.dim)
     assert data.tokens.tolist() == [int(s.tokens[j]) for s, j in kept]  # x_j, whose feature f_j decides
     assert torch.equal(data.features, torch.stack([s.features[j] for s, j in kept]).half())
@@ -151,7 +157,7 @@ def test_best_constant():
 
 
 def test_training_lowers_the_loss(tiny, head, sequences):
-    data = examples(sequences, chain_labels(head, tiny.embedding, sequences, K_MAX))
+    data = examples(sequences, *chain_labels(head, tiny.embedding, sequences, K_MAX))
     predictor = predictor_for(tiny)
     lines = []
     history = train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, log=lines.append)
@@ -184,7 +190,9 @@ def test_predictor_for_another_model_is_refused(tiny, tmp_path):
 
 def test_inputs_of_another_width_are_refused(tiny):
     with pytest.raises(ValueError, match="embeddings and features of width 64, got 32 and 64"):
-        predictor_for(tiny)(torch.randn(2, 32), torch.randn(2, 64))
+        predictor_for(tiny)(torch.randn(2, 32), torch.randn(2, 64), torch.rand(2))
+    with pytest.raises(ValueError, match=r"one confidence per position: expected shape \(2,\), got \(3,\)"):
+        predictor_for(tiny)(torch.randn(2, 64), torch.randn(2, 64), torch.rand(3))
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -207,7 +215,7 @@ PROMPTS = [[1, 5, 7, 9], [3, 3, 3], [20, 11, 2, 38, 17, 6]]
 
 @pytest.fixture(scope="module")
 def trained_predictor(tiny, trained_head, sequences):
-    data = examples(sequences, chain_labels(trained_head, tiny.embedding, sequences, K_MAX))
+    data = examples(sequences, *chain_labels(trained_head, tiny.embedding, sequences, K_MAX))
     predictor = predictor_for(tiny)
     train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, log=lambda _: None)
     return predictor
@@ -249,11 +257,12 @@ def test_greedy_with_a_predictor_is_plain_greedy(tiny, head, trained_predictor, 
 
 def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head):
     """Each step the predictor gets (embed(x_j), f_j) for the token x_j before the step's root, the pair
-    train/ldlp.py trained it on: checked against one forward over the whole output."""
+    train/ldlp.py trained it on (checked against one forward over the whole output), and the drafter's
+    top-1 probability for the root's first child (a probability)."""
     seen = []
     predictor = random_predictor(tiny)
     forward = predictor.forward
-    predictor.forward = lambda embeds, features: (seen.append((embeds, features)), forward(embeds, features))[1]
+    predictor.forward = lambda *inputs: (seen.append(inputs), forward(*inputs))[1]
     prompt = PROMPTS[2]
     out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, 30, shape=ADA_SHAPES["ada"],
                                predictor=predictor)
@@ -263,7 +272,8 @@ def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head):
         _, hidden = tiny(torch.tensor([sequence]))
     emitted = 1  # the token the prefill chose
     assert len(seen) == out.steps
-    for (embeds, features), accepted in zip(seen, out.accepted_per_step):
+    for (embeds, features, confidence), accepted in zip(seen, out.accepted_per_step):
+        assert confidence.shape == () and 0 < float(confidence) <= 1
         j = len(prompt) + emitted - 2  # the root is x_{j+1}, the last token emitted
         assert torch.equal(embeds, tiny.embedding[sequence[j]].float())
         torch.testing.assert_close(features, hidden[0, j], atol=1e-4, rtol=1e-4)

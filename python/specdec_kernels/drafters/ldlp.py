@@ -1,11 +1,16 @@
 """AdaEAGLE's Lightweight Draft Length Predictor, LDLP (docs/design.md 4.4): how many tokens to draft next.
 
 The decision is made at the last accepted token x_j, the last position whose target feature exists, from
-the target's own quantities there:
+the target's own quantities there (the paper's inputs) and the draft head's confidence in its first token:
 
-    x = concat(embed(x_j), f_j)                      # [.., 2 dim]: input embedding, final-norm feature
-    h = silu(w_in(norm(x)));  h = h + silu(w_mid(h))  # [.., hidden]: 3 layers, the middle one residual
-    length = round(w_out(h)) clipped to [0, k_max]   # draft a chain of that many tokens; 0: a plain step
+    x = concat(norm(concat(embed(x_j), f_j)), c)      # embedding and final-norm feature [2 dim], then c:
+                                                      # the head's top-1 probability for the root's child
+    h = silu(w_in(x));  h = h + silu(w_mid(h))        # [.., hidden]: 3 layers, the middle one residual
+    length = round(w_out(h)) clipped to [0, k_max]    # draft a chain of that many tokens; 0: a plain step
+
+c costs nothing: the drafter has computed the root's children before the length is chosen. It is not in the
+paper; with the paper's two inputs alone the predictor chose worse lengths here (docs/notes.md, "Draft-length
+predictor (LDLP)").
 
 Its file holds the config, the weights and free-form metadata (the command that trained it), saved with
 torch.save and read back with weights_only=True, as drafters.head_file does for the EAGLE head.
@@ -49,23 +54,27 @@ class LengthPredictor(nn.Module):
         super().__init__()
         self.config = config
         self.norm = nn.LayerNorm(2 * config.dim)  # embeddings and features differ in scale (~15x: SmolLM2)
-        self.w_in = nn.Linear(2 * config.dim, config.hidden_dim)
+        self.w_in = nn.Linear(2 * config.dim + 1, config.hidden_dim)
         self.w_mid = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.w_out = nn.Linear(config.hidden_dim, 1)
 
-    def forward(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The real-valued length (the regression output, what training's loss sees)."""
+    def forward(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """embeds, features [.., dim], confidence [..] -> the real-valued length (what training's loss sees)."""
         if embeds.shape[-1] != self.config.dim or features.shape[-1] != self.config.dim:
             raise ValueError(f"the predictor takes embeddings and features of width {self.config.dim}, got "
                              f"{embeds.shape[-1]} and {features.shape[-1]}")
-        h = F.silu(self.w_in(self.norm(torch.cat([embeds, features.to(embeds.dtype)], -1))))
+        if confidence.shape != embeds.shape[:-1]:
+            raise ValueError(f"one confidence per position: expected shape {tuple(embeds.shape[:-1])}, got "
+                             f"{tuple(confidence.shape)}")
+        x = self.norm(torch.cat([embeds, features.to(embeds.dtype)], -1))
+        h = F.silu(self.w_in(torch.cat([x, confidence.to(x.dtype)[..., None]], -1)))
         h = h + F.silu(self.w_mid(h))
         return self.w_out(h).squeeze(-1)
 
     @torch.no_grad()
-    def lengths(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def lengths(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """Draft lengths int64 [..] in [0, k_max]; 0 means a plain decoding step."""
-        return to_length(self(embeds, features), self.config.k_max)
+        return to_length(self(embeds, features, confidence), self.config.k_max)
 
 
 def to_length(raw: torch.Tensor, k_max: int) -> torch.Tensor:

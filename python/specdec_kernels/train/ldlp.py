@@ -8,12 +8,12 @@
    position's final-norm feature is kept (train.eagle's generate_batch / collect).
 2. Labels from real drafts: at every answer position j the head drafts a greedy chain of k_max tokens after
    the target's next token; label(j) = how many of its leading tokens the target's greedy continuation
-   matches. While the draft matches, the drafter feeds the true tokens with the head's own features, which
+   matches. The same pass gives the predictor's third input, the head's top-1 probability for the first. While the draft matches, the drafter feeds the true tokens with the head's own features, which
    is what EagleHead.unrolled computes along the true path, so all positions take one batched pass
    (tests/drafters/test_ldlp.py checks this against EagleDrafter's chain). Positions too close to the end
    of an answer for their label to be known are left out.
-3. The predictor learns label(j) from (embed(x_j), f_j): L1 with under-prediction weighted by lambda > 1
-   (--under-weight; a too-short draft forgoes accepted tokens).
+3. The predictor learns label(j) from (embed(x_j), f_j, confidence): L1 with under-prediction weighted by
+   lambda >= 1 (--under-weight; 1 is plain L1, which minimises the mean absolute error).
 4. Held-out sequences (5%) and the target's answers to the end-to-end prompts' first turns report mean
    absolute error, exact and within-one rates, next to the best constant length's (chosen on training).
 """
@@ -36,30 +36,35 @@ from .eagle import batches, pair_batch, shifted
 class Examples:
     tokens: torch.Tensor    # int64 [N]: x_j, the last accepted token when the length is decided
     features: torch.Tensor  # float16 [N, dim]: f_j, the target's final-norm feature there
+    confidence: torch.Tensor  # float32 [N]: the head's top-1 probability for the first token after x_{j+1}
     labels: torch.Tensor    # int64 [N]: accepted tokens of a k_max chain drafted after x_{j+1}
 
     def __len__(self):
         return self.labels.numel()
 
-    def subset(self, index) -> "Examples":
-        return Examples(self.tokens[index], self.features[index], self.labels[index])
+    def inputs(self, index, embedding: torch.Tensor):
+        """(embeds, features, confidence) of the positions `index`: what LengthPredictor takes."""
+        return embedding[self.tokens[index]], self.features[index].float(), self.confidence[index]
 
 
 # ---------------------------------------------------------------- labels
 @torch.no_grad()
 def chain_labels(head: EagleHead, embedding: torch.Tensor, sequences: list, k_max: int,
-                 tokens_per_batch: int = 2048) -> list:
-    """Per sequence, int64 [n - 1] over pairs j = (x_{j+1}, f_j): the number of leading tokens of the head's
-    greedy k_max chain after x_{j+1} that equal x_{j+2}, x_{j+3}, ...; -1 outside the answer and where the
-    answer ends before the label is known (the chain matched every token there was)."""
+                 tokens_per_batch: int = 2048):
+    """-> (labels, confidences), per sequence, over pairs j = (x_{j+1}, f_j). labels int64 [n - 1]: the number of
+    leading tokens of the head's greedy k_max chain after x_{j+1} that equal x_{j+2}, x_{j+3}, ...; -1 outside
+    the answer and where the answer ends before the label is known (the chain matched every token there was).
+    confidences float32 [n - 1]: the head's top-1 probability for the chain's first token."""
     check_k_max(k_max)
-    out = {}
+    out, confidence = {}, {}
     for group in batches(sequences, tokens_per_batch, random.Random(0)):
         embeds, features, _, mask, next_tokens = pair_batch(head, embedding, group)
         matched = torch.zeros_like(next_tokens)  # leading draft tokens that match so far
         known = torch.zeros_like(next_tokens)    # steps with a true token to compare against
         alive = torch.ones_like(mask)
         for step, (_, logits) in enumerate(head.unrolled(embeds, features, k_max)):
+            if step == 0:
+                top = torch.softmax(logits.float(), -1).amax(-1)
             truth = shifted(next_tokens, step, -1)  # step u at pair j drafts x_{j+2+u}
             alive &= head.draft_to_target[logits.argmax(-1)] == truth
             matched += alive
@@ -67,18 +72,20 @@ def chain_labels(head: EagleHead, embedding: torch.Tensor, sequences: list, k_ma
         labels = torch.where(mask & ((matched < known) | (known == k_max)), matched, -1)
         for row, s in enumerate(group):
             out[id(s)] = labels[row, : s.tokens.numel() - 1]
-    return [out[id(s)] for s in sequences]
+            confidence[id(s)] = top[row, : s.tokens.numel() - 1]
+    return [out[id(s)] for s in sequences], [confidence[id(s)] for s in sequences]
 
 
-def examples(sequences: list, labels: list) -> Examples:
-    """The labelled positions of `sequences` (labels from chain_labels) as predictor inputs."""
-    tokens, features, kept = [], [], []
-    for s, label in zip(sequences, labels):
+def examples(sequences: list, labels: list, confidences: list) -> Examples:
+    """The labelled positions of `sequences` (labels and confidences from chain_labels) as predictor inputs."""
+    tokens, features, confidence, kept = [], [], [], []
+    for s, label, top in zip(sequences, labels, confidences):
         keep = label >= 0
         tokens.append(s.tokens[:-1][keep])
         features.append(s.features[:-1][keep])
+        confidence.append(top[keep])
         kept.append(label[keep])
-    return Examples(torch.cat(tokens), torch.cat(features).half(), torch.cat(kept))
+    return Examples(torch.cat(tokens), torch.cat(features).half(), torch.cat(confidence), torch.cat(kept))
 
 
 # ---------------------------------------------------------------- training
@@ -109,7 +116,7 @@ def train(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, e
         total = 0.0
         order = torch.randperm(len(data), generator=generator)
         for index in order.split(batch_size):
-            predicted = predictor(embedding[data.tokens[index]], data.features[index].float())
+            predicted = predictor(*data.inputs(index, embedding))
             loss = weighted_l1(predicted, labels[index], under_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,8 +152,7 @@ def length_metrics(lengths: torch.Tensor, labels: torch.Tensor, under_weight: fl
 def evaluate(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, constant: int,
              under_weight: float = 3.0) -> dict:
     """{"predictor": metrics, "constant K": metrics} on `data`."""
-    lengths = torch.cat([predictor.lengths(embedding[data.tokens[i]], data.features[i].float())
-                         for i in torch.arange(len(data)).split(4096)])
+    lengths = torch.cat([predictor.lengths(*data.inputs(i, embedding)) for i in torch.arange(len(data)).split(4096)])
     fixed = torch.full_like(data.labels, constant)
     return {"predictor": length_metrics(lengths, data.labels, under_weight),
             f"constant {constant}": length_metrics(fixed, data.labels, under_weight)}
@@ -226,7 +232,7 @@ def main(argv=None):
     held_out, training = sequences[: len(sequences) // 20], sequences[len(sequences) // 20:]
     unseen = (unseen_prompt_sequences(target, tokenizer, measured_on, args.max_new_tokens, args.batch_size)
               if measured_on else [])
-    data = {name: examples(group, chain_labels(head, target.embedding, group, args.k_max))
+    data = {name: examples(group, *chain_labels(head, target.embedding, group, args.k_max))
             for name, group in (("training", training), ("held out", held_out), ("unseen prompts", unseen)) if group}
     print(f"labels ({time.time() - started:.0f} s so far)")
     constant = best_constant(data["training"].labels, args.k_max)
