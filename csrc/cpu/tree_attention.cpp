@@ -120,8 +120,16 @@ struct Kernels {
   bool tiles;  // attend_split reads SplitArgs::q_tiles and token_mask; partials hold o as [ldq][D]
 };
 
-Kernels kernels() {
-  if (chosen_matrix_isa() == Isa::kAmx) return {amx_bf16::attend_split_tiles, amx_bf16::fold_partial_rows, true};
+// AMX tiles take long causal calls only (prefill chunks). Their sums group keys by slot, so a tree node (its
+// ancestors at scattered slots) or a row computed by tiles rather than by the vector kernel would not get the
+// bits plain decoding gives it, and greedy speculative output would differ from plain greedy output at
+// near-ties (seen on 1 of 56 e2e prompts). Decoding (T = 1) and every verification (tree-masked; the runner
+// masks its chains too) stay on the vector kernel, whose rows are batch-invariant (docs/design.md 4.6).
+constexpr int64_t kAmxMinCausalTokens = 64;
+
+Kernels kernels(const Shapes& s, bool masked) {
+  if (chosen_matrix_isa() == Isa::kAmx && !masked && s.T >= kAmxMinCausalTokens)
+    return {amx_bf16::attend_split_tiles, amx_bf16::fold_partial_rows, true};
   switch (chosen_isa()) {
     case Isa::kAvx512: return {avx512::attend_split, avx512::fold_partial, false};
     case Isa::kAvx2: return {avx2::attend_split, avx2::fold_partial, false};
@@ -199,7 +207,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
 
   // workspace: qt [B, Hkv, D, ldq] (the vector path) | acc [B * Hkv][part] | partials of a wave | scratch per
   //   thread (the vector path) | query tiles (the AMX path; bf16, two per float)
-  const Kernels kernel = kernels();
+  const Kernels kernel = kernels(s, tree_mask.has_value());
   const int64_t qt_floats = kernel.tiles ? 0 : s.B * s.Hkv * s.D * s.ldq(), acc_floats = s.B * s.Hkv * part;
   const int64_t scratch_floats =
       kernel.tiles ? 0 : split_scratch_floats(static_cast<int>(hp), static_cast<int>(s.D));

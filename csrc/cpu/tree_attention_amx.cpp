@@ -9,9 +9,9 @@
 //
 // Batch invariance. A tile row (one query row) depends only on its own A row; the passes, steps and their
 // order are fixed by the split (absolute positions, keys padded to 32) whatever T is, and keys a row does not
-// see have P = 0, adding exact zeros. So verifying T chain tokens at once gives the bits of decoding them one
-// at a time, as on the vector path (tests/ops/test_tree_attention.py checks it bitwise). A tree node's keys sit
-// at other slots than in its chain, and tile sums group them differently: equal up to float32 rounding.
+// see have P = 0, adding exact zeros: T chain tokens at once get the bits of the tiles taking them one at a
+// time. But not the vector kernel's bits, and a tree node's keys sit at other slots than in its chain, so tile
+// sums group them differently. Hence tree_attention.cpp gives tiles long causal calls only (prefill chunks).
 //
 // Per task, per head (tiles are 16 rows x 64 bytes, 1 KiB):
 //   Q tiles [row block][step][piece] [16 rows][32 dims]          (pack_query_tiles, once per call)

@@ -115,7 +115,8 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
         tock = time.perf_counter()
         draft_seconds += tock - tick
         chain = DraftTree.chain(torch.tensor([[root] + sequence]))
-        logits, hidden = target(chain.tokens)  # a chain: causal attention at the next positions
+        # with its mask, as every verification: attention then takes the kernel decoding takes (batch-invariant)
+        logits, hidden = target(chain.tokens, chain.positions(target.cache_lens), chain.mask())
         draft_probs = None
         if sampling:
             last = torch.zeros(target.config.vocab_size)  # the last token has no child: its row is unused

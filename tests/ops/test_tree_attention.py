@@ -41,9 +41,15 @@ def test_chains_every_dtype_and_isa(isa, dtype, t, cache_len):
     q, k, v, lens = make_inputs(1, t, 6, 2, 64, [cache_len], dtype=dtype)
     with cpu_isa(isa):
         assert_matches_reference(q, k, v, lens, None)
-        # None means causal: the explicit lower-triangular mask agrees exactly
-        assert torch.equal(ops.tree_attention(q, k, v, lens, None),
-                           ops.tree_attention(q, k, v, lens, tree.causal_mask(1, t)))
+        # None means causal: the explicit lower-triangular mask agrees exactly, but for long causal calls on
+        # `amx`, which AMX tiles take and masked calls never (other roundings)
+        causal = ops.tree_attention(q, k, v, lens, None)
+        masked = ops.tree_attention(q, k, v, lens, tree.causal_mask(1, t))
+        if isa == "amx" and t >= 64:
+            atol, rtol = TOLERANCES[dtype]
+            torch.testing.assert_close(causal, masked, atol=atol, rtol=rtol)
+        else:
+            assert torch.equal(causal, masked)
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
@@ -124,7 +130,7 @@ def test_batch_invariance_bitwise(isa):
                 assert torch.equal(alone[0, 0], together[0, j]), (hq, j)
 
 
-@pytest.mark.parametrize("isa", isa_params(ISAS))
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @settings(max_examples=25, deadline=None)
 @given(parent_rows(max_nodes=90, allow_padding=False), st.sampled_from(HEADS[:3]), st.integers(0, 330),
        st.sampled_from(DTYPES), st.integers(0, 10**6))

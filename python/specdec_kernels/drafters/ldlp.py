@@ -39,7 +39,7 @@ def check_k_max(k_max: int) -> int:
 class PredictorConfig:
     dim: int              # the target's hidden size: each of the two inputs has this width
     k_max: int            # the longest chain the predictor may ask for
-    hidden_dim: int = 256
+    hidden_dim: int = 64
 
     def __post_init__(self):
         check_k_max(self.k_max)

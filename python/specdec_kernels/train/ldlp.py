@@ -1,7 +1,7 @@
 """Train AdaEAGLE's draft length predictor (docs/design.md 4.4) for a target and its EAGLE head.
 
     python -m specdec_kernels.train.ldlp --out heads/NAME.ldlp.pt [--model PATH.gguf] [--head H.eagle.pt]
-        [--k-max 6] [--limit N] [--under-weight 3] [--data CACHE.pt]
+        [--k-max 3] [--limit N] [--under-weight 2] [--data CACHE.pt]
 
 1. The target (our runner, batched, greedy) answers round-one conversations of train/prompts.py (seed 1,
    leaving out those of seed 0 that the shipped head was trained on, and the end-to-end prompts); every
@@ -96,7 +96,7 @@ def weighted_l1(predicted: torch.Tensor, labels: torch.Tensor, under_weight: flo
 
 
 def train(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, epochs: int, lr: float = 1e-3,
-          batch_size: int = 256, under_weight: float = 3.0, seed: int = 0, log=print) -> list:
+          batch_size: int = 256, under_weight: float = 2.0, seed: int = 0, log=print) -> list:
     """AdamW, linear decay to zero; returns the mean loss of each epoch. The output bias starts at the
     constant the loss prefers (the under_weight / (1 + under_weight) quantile of the labels)."""
     from tqdm import tqdm
@@ -150,7 +150,7 @@ def length_metrics(lengths: torch.Tensor, labels: torch.Tensor, under_weight: fl
 
 @torch.no_grad()
 def evaluate(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, constant: int,
-             under_weight: float = 3.0) -> dict:
+             under_weight: float = 2.0) -> dict:
     """{"predictor": metrics, "constant K": metrics} on `data`."""
     lengths = torch.cat([predictor.lengths(*data.inputs(i, embedding)) for i in torch.arange(len(data)).split(4096)])
     fixed = torch.full_like(data.labels, constant)
@@ -185,14 +185,14 @@ def main(argv=None):
     parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
     parser.add_argument("--head", help="the EAGLE head whose drafts are labelled (default: the one shipped)")
     parser.add_argument("--data", help="cache of the generated sequences (read if it exists, else written)")
-    parser.add_argument("--k-max", type=int, default=6, help="the longest chain the predictor may ask for")
+    parser.add_argument("--k-max", type=int, default=3, help="the longest chain the predictor may ask for")
     parser.add_argument("--limit", type=int, help="use only this many conversations")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
-    parser.add_argument("--hidden-dim", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--hidden-dim", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--under-weight", type=float, default=3.0, help="lambda: the loss weight of "
+    parser.add_argument("--under-weight", type=float, default=2.0, help="lambda: the loss weight of "
                         "under-prediction (>= 1; 1 is plain L1)")
     parser.add_argument("--eval-prompts", help="also report on the target's answers to these prompts' first "
                         "turns, left out of training (default: the packaged end-to-end prompts; '' to skip)")
