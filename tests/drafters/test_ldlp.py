@@ -217,7 +217,7 @@ PROMPTS = [[1, 5, 7, 9], [3, 3, 3], [20, 11, 2, 38, 17, 6]]
 def trained_predictor(tiny, trained_head, sequences):
     data = examples(sequences, *chain_labels(trained_head, tiny.embedding, sequences, K_MAX))
     predictor = predictor_for(tiny)
-    train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, log=lambda _: None)
+    train(predictor, tiny.embedding, data, epochs=15, lr=3e-3, batch_size=32, under_weight=3.0, log=lambda _: None)
     return predictor
 
 
