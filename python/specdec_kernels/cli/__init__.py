@@ -4,11 +4,12 @@ Each subcommand lives in its own module exposing add_arguments(parser) and run(a
 imported only when used, so `specdec bench w4a16` never pays for transformers.
 
 A mistake in the command line (a missing model file, a negative temperature) is reported as one line naming it,
-exit status 2: at parsing, by the argument types of cli/args.py, or later as a UsageError. Ctrl-C exits 130. Anything
-else keeps its traceback: it is a bug.
+exit status 2: at parsing, by the argument types of cli/args.py, or later as a UsageError. Ctrl-C exits 130, a closed
+output pipe 1, both without a traceback. Anything else keeps its traceback: it is a bug.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from .args import UsageError
@@ -68,6 +69,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nspecdec: interrupted", file=sys.stderr)  # the newline: streamed text may have stopped mid-line
         return 130
+    except BrokenPipeError:  # whoever read our output stopped (`specdec generate ... | head`): stop quietly
+        # stdout still holds unwritten text; point it at /dev/null, or Python's exit flush complains again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
