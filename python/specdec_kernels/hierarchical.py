@@ -66,7 +66,8 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
     out = _Output(max_new_tokens, stop_tokens, stream)
     result = out.result
     logits, hidden = _prefill(target, prompt)
-    intermediate.setup_cache(1, target.max_seq_len)
+    if intermediate.max_seq_len < target.max_seq_len:  # it must hold whatever the target holds, and its trees
+        intermediate.setup_cache(1, target.max_seq_len)
     _prefill(intermediate, prompt)
     new_tokens = [choose_token(logits[0, -1], temperature, top_p, top_k, generator)]
     drafter.reset()

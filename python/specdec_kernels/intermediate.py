@@ -8,19 +8,18 @@ A recipe is a small JSON file next to the model's EAGLE head (drafters/heads/NAM
      "measured": {...}}              # how it was chosen (docs/notes.md, "HierSpec intermediate")
 """
 import json
-import os
 from typing import Optional
 
 import torch
 
-from .drafters.head_file import HEADS_DIR
+from .drafters.head_file import shipped_file
 from .hierarchical import check_intermediate
 from .models import Transformer, layer_subset, load_model
 
 
-def recipe_path(model_path: str) -> str:
-    name = os.path.splitext(os.path.basename(model_path))[0]
-    return os.path.join(HEADS_DIR, f"{name}.intermediate.json")
+def default_recipe_path(model_path: str) -> Optional[str]:
+    """The shipped recipe for a GGUF file (heads/<file name>.intermediate.json), or None when there is none."""
+    return shipped_file(model_path, ".intermediate.json")
 
 
 def derive_intermediate(target: Transformer, recipe_file: str, drafter) -> Transformer:

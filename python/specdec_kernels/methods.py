@@ -20,7 +20,7 @@ from .drafters import (
     load_predictor,
 )
 from .hierarchical import MIN_DRAFT, check_min_draft, hierarchical_generate
-from .intermediate import derive_intermediate, load_intermediate, recipe_path
+from .intermediate import default_recipe_path, derive_intermediate, load_intermediate
 from .models import RUNNER_X_DIGITS, Transformer, load_model
 
 METHODS = {
@@ -54,8 +54,7 @@ class Decoder:
         self.model_path, self._model, self.x_digits = model_path, model, x_digits
         self.head_path = head_path or default_head_path(model_path)
         self.predictor_path = predictor_path or default_predictor_path(model_path)
-        recipe = recipe_path(model_path)
-        self.intermediate_source = intermediate_path or (recipe if os.path.exists(recipe) else None)
+        self.intermediate_source = intermediate_path or default_recipe_path(model_path)
         self.tree, self.chain, self.min_draft = tree, chain, min_draft
         self._drafter = self._predictor = self._intermediate = None
 

@@ -38,9 +38,8 @@ class DraftShape:
 # The shapes that decoded fastest on the CPUs measured (docs/notes.md, "EAGLE tree shape" and "prompt lookup"):
 # verifying a node costs nearly a whole decoding step there from T ~ 4 nodes on, so the trees stay tiny.
 DEFAULT_TREE = DraftShape(total_tokens=4, depth=2, top_k=2)
+# Also the fastest under a grafted prompt-lookup chain (drafters.ngram): method chain-pld, `specdec generate`'s default.
 DEFAULT_CHAIN = DraftShape.chain(1)
-# With a prompt-lookup chain grafted in (drafters.ngram) the head's chain of 1 ran fastest: `specdec generate`.
-SHAPE_WITH_LOOKUP = DraftShape.chain(1)
 
 
 class Drafter(Protocol):

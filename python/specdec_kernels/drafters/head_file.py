@@ -15,11 +15,16 @@ from .eagle_head import EagleHead
 HEADS_DIR = os.path.join(os.path.dirname(__file__), "heads")  # heads shipped with the package
 
 
+def shipped_file(model_path: str, suffix: str) -> Optional[str]:
+    """The drafting part shipped for a model file (heads/<file name><suffix>), or None when there is none."""
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    path = os.path.join(HEADS_DIR, name + suffix)
+    return path if os.path.exists(path) else None
+
+
 def default_head_path(model_path: str) -> Optional[str]:
     """The shipped head for a GGUF file (heads/<file name>.eagle.pt), or None when there is none."""
-    name = os.path.splitext(os.path.basename(model_path))[0]
-    path = os.path.join(HEADS_DIR, f"{name}.eagle.pt")
-    return path if os.path.exists(path) else None
+    return shipped_file(model_path, ".eagle.pt")
 
 
 def save_head(head: EagleHead, path: str, **metadata) -> None:

@@ -15,7 +15,6 @@ predictor (LDLP)").
 Its file holds the config, the weights and free-form metadata (the command that trained it), saved with
 torch.save and read back with weights_only=True, as drafters.head_file does for the EAGLE head.
 """
-import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,7 +23,7 @@ from torch.nn import functional as F
 
 from specdec_kernels.tree import MAX_TREE_NODES
 
-from .head_file import HEADS_DIR
+from .head_file import shipped_file
 
 MAX_DRAFT_LENGTH = MAX_TREE_NODES - 1  # a chain of k drafts is a tree of k + 1 nodes, root included
 
@@ -85,9 +84,7 @@ def to_length(raw: torch.Tensor, k_max: int) -> torch.Tensor:
 # ---------------------------------------------------------------- the file
 def default_predictor_path(model_path: str) -> str | None:
     """The shipped predictor for a GGUF file (heads/<file name>.ldlp.pt), or None when there is none."""
-    name = os.path.splitext(os.path.basename(model_path))[0]
-    path = os.path.join(HEADS_DIR, f"{name}.ldlp.pt")
-    return path if os.path.exists(path) else None
+    return shipped_file(model_path, ".ldlp.pt")
 
 
 def save_predictor(predictor: LengthPredictor, path: str, **metadata) -> None:

@@ -1,5 +1,6 @@
 """Cheaper models derived from a target without new weights: the intermediates of hierarchical drafts
-(docs/design.md 4.5). Both cuts share the target's tensors (no copy) and keep its vocabulary and token ids."""
+(docs/design.md 4.5). Both keep the target's vocabulary and token ids; a layer subset shares the target's tensors,
+a vocabulary subset copies the output-head rows it keeps."""
 from dataclasses import replace
 from typing import Optional, Sequence
 
