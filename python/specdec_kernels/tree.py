@@ -4,6 +4,8 @@
     tree.depths()            # [[0, 1, 1, 2]]
     tree.mask()              # int64 [1, 4, 1]: row i has bit j set iff j is an ancestor-or-self of i
 """
+from typing import List, Optional
+
 import torch
 
 MAX_TREE_NODES = 256
@@ -95,10 +97,12 @@ def chain_parents(batch: int, t: int, device=None) -> torch.Tensor:
 
 
 class DraftTree:
-    """B draft trees of T nodes: node 0 is the root (the last token produced, verified with the drafts)."""
+    """B draft trees of T nodes: node 0 is the root (the last token produced, verified with the drafts).
+    values (optional, B = 1): the drafter's cumulative log-prob of each node's path (the root's 0), which the
+    planner learns acceptance from."""
 
-    def __init__(self, tokens: torch.Tensor, parents: torch.Tensor):
-        self.tokens, self.parents = tokens, parents
+    def __init__(self, tokens: torch.Tensor, parents: torch.Tensor, values: Optional[List[float]] = None):
+        self.tokens, self.parents, self.values = tokens, parents, values
         self.validate()
 
     @classmethod

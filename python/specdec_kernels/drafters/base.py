@@ -56,5 +56,6 @@ class Drafter(Protocol):
         -> (the hidden state of the last one [dim], its draft log-probs [draft vocab]): the root's children."""
 
     def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
-                  shape: DraftShape) -> DraftTree:
-        """A draft tree of at most shape.total_tokens nodes below root_token (node 0). Commits nothing."""
+                  shape: DraftShape, growth=None) -> DraftTree:
+        """A draft tree of at most shape.total_tokens nodes below root_token (node 0), its depth and size decided by
+        `growth` (tree_growth.Growth) when given. Commits nothing."""

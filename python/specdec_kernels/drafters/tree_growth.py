@@ -3,7 +3,7 @@ rerank all candidates into one connected subtree.
 
 The bookkeeping is on Python lists: a level's few candidates cost ~10 tensor ops (~30 us) otherwise.
 """
-from typing import Callable, List
+from typing import Callable, List, Optional, Protocol, Sequence
 
 import torch
 
@@ -16,11 +16,23 @@ from .base import DraftShape
 Expand = Callable[[torch.Tensor, torch.Tensor, int, int, List[int]], tuple]
 
 
+class Growth(Protocol):
+    """Decides a tree's depth and size as it grows (planner.Planner); values are the candidates' cumulative
+    log-probs, levels the levels grown so far."""
+
+    def keep_growing(self, values: Sequence[float], frontier: Sequence[float], levels: int) -> bool:
+        """Whether to expand the next level, whose parents have the values `frontier`."""
+
+    def size(self, values: Sequence[float], levels: int) -> int:
+        """The nodes to keep, root included (at most shape.total_tokens)."""
+
+
 def grow_tree(expand: Expand, draft_ids: List[int], root_token: int, root_hidden: torch.Tensor,
-              root_log_probs: torch.Tensor, shape: DraftShape) -> tree.DraftTree:
+              root_log_probs: torch.Tensor, shape: DraftShape, growth: Optional[Growth] = None) -> tree.DraftTree:
     """Expand the top_k most valuable frontier nodes for `depth` levels, each proposing top_k children (value =
     cumulative log-prob), then keep the total_tokens - 1 best of all candidates in topological order. Node 0 is
-    the root; draft_ids maps draft-vocabulary ids to target ids."""
+    the root; draft_ids maps draft-vocabulary ids to target ids. `growth` (if given) may stop before `depth`
+    levels and keep fewer nodes."""
     top_k = min(shape.top_k, len(draft_ids))
     # candidates in creation order (a parent is always created before its children); tokens are target ids
     cand_parent, cand_token, cand_value = [], [], []
@@ -35,11 +47,11 @@ def grow_tree(expand: Expand, draft_ids: List[int], root_token: int, root_hidden
             cand_parent += [parent] * top_k
             cand_token += [draft_ids[t] for t in draft_tokens]
             cand_value += [value + lp for lp in log_ps]
-        if level == shape.depth - 1:
-            break
         # the next frontier: this level's top_k most valuable children (ties: created first)
         frontier = sorted(range(first, len(cand_value)), key=lambda c: -cand_value[c])[:top_k]
         values = [cand_value[c] for c in frontier]
+        if level == shape.depth - 1 or (growth is not None and not growth.keep_growing(cand_value, values, level + 1)):
+            break
         parents_hidden = frontier_hidden[[(c - first) // top_k for c in frontier]]
         past = len(fed_bits)
         for row, cand in enumerate(frontier):
@@ -48,7 +60,9 @@ def grow_tree(expand: Expand, draft_ids: List[int], root_token: int, root_hidden
             fed_row[cand] = past + row
         tokens = torch.tensor([cand_token[cand] for cand in frontier])
         frontier_hidden, log_p = expand(tokens, parents_hidden, level, past, fed_bits)
-    return select_tree(root_token, cand_parent, cand_token, cand_value, shape.total_tokens)
+    levels = level + 1 if shape.depth else 0
+    total_tokens = shape.total_tokens if growth is None else min(growth.size(cand_value, levels), shape.total_tokens)
+    return select_tree(root_token, cand_parent, cand_token, cand_value, total_tokens)
 
 
 def select_tree(root_token: int, cand_parent: list, cand_token: list, cand_value: list,
@@ -61,4 +75,4 @@ def select_tree(root_token: int, cand_parent: list, cand_token: list, cand_value
     node_of = {cand: i + 1 for i, cand in enumerate(chosen)}
     parents = [-1] + [node_of[cand_parent[cand]] if cand_parent[cand] >= 0 else 0 for cand in chosen]
     tokens = [root_token] + [cand_token[cand] for cand in chosen]
-    return tree.DraftTree(torch.tensor([tokens]), torch.tensor([parents]))
+    return tree.DraftTree(torch.tensor([tokens]), torch.tensor([parents]), values=[0.0] + [cand_value[c] for c in chosen])

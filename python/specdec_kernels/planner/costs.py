@@ -1,0 +1,130 @@
+"""Measure what a speculative step's parts cost on this machine, once per machine, model and drafter, and keep
+it in the user's cache folder.
+
+The target's forward over T nodes is the curve that decides every choice (docs/design.md 4.9); the drafter's
+two costs are per step (extend) and per tree level. A cached entry is used only when its key (CPU, ISA path,
+threads, library version, the model's and the head's file identity) matches and its numbers are sane;
+anything else is remeasured, never trusted.
+"""
+import hashlib
+import json
+import os
+import platform
+import sys
+from itertools import accumulate
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+
+from .policy import StepCosts
+
+MAX_NODES = 16  # the largest tree the planner verifies (the costs beyond grow by about a T = 1 forward each)
+CACHE_CONTEXT = 256  # tokens in the cache while timing: a typical prompt
+FORMAT = 1
+
+
+def cache_dir() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "specdec-kernels", "costs")
+
+
+def _file_identity(path: Optional[str]) -> Optional[list]:
+    if path is None:
+        return None
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cost_key(model_path: str, head_path: Optional[str]) -> dict:
+    from specdec_kernels import __version__, _C
+
+    return {"format": FORMAT, "cpu": cpu_name(), "isa": _C.cpu_isa(), "threads": torch.get_num_threads(),
+            "version": __version__, "model": _file_identity(model_path), "head": _file_identity(head_path)}
+
+
+def cache_path(key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir(), f"{digest}.json")
+
+
+def load_cached(key: dict) -> Optional[StepCosts]:
+    """The cached costs for `key`, or None when there are none or the entry is damaged or another key's."""
+    try:
+        with open(cache_path(key)) as f:
+            entry = json.load(f)
+        if entry["key"] != key:
+            return None
+        costs = entry["costs"]
+        return StepCosts(tuple(float(ms) for ms in costs["forward_ms"]), float(costs["extend_ms"]),
+                         float(costs["level_ms"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(key: dict, costs: StepCosts) -> str:
+    path = cache_path(key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        json.dump({"key": key, "costs": asdict(costs)}, f, indent=1)
+    os.replace(temporary, path)  # atomic: a reader never sees half a file
+    return path
+
+
+@torch.inference_mode()
+def measure(target, drafter, max_nodes: int = MAX_NODES, context: int = CACHE_CONTEXT, repeats: int = 9) -> StepCosts:
+    """Time the target's forward over 1..max_nodes nodes and the drafter's extend and tree level, interleaved,
+    after `context` random tokens. Leaves the target's and the drafter's caches reset."""
+    from specdec_kernels.bench.common import time_interleaved
+    from specdec_kernels.bench.forward import chain_forward
+    from specdec_kernels.drafters import DraftShape
+
+    if context + max_nodes > target.max_seq_len:
+        raise ValueError(f"measuring costs needs {context + max_nodes} positions, the model has {target.max_seq_len}")
+    target.setup_cache(1, target.max_seq_len) if target.cache_lens.shape[0] != 1 else target.reset()
+    prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    _, features = target(prompt)
+    target.commit(context)
+    drafter.reset()
+    root_hidden, root_log_probs = drafter.extend(prompt[0, 1:], features[0, :-1])
+    tail = prompt[0, -1:], features[0, -1:]
+
+    def extend():  # a step's commit of one token, rolled back so that every call sees the same cache
+        drafter.extend(*tail)
+        drafter.truncate(drafter.length - 1)
+
+    def grow(levels):
+        return lambda: drafter.grow_tree(0, root_hidden, root_log_probs, DraftShape(1 + 4 * levels, levels, 4))
+
+    calls = {t: chain_forward(target, t, seed=t) for t in range(1, max_nodes + 1)}
+    calls.update({"extend": extend, "grow1": grow(1), "grow3": grow(3)})
+    seconds = time_interleaved(calls, repeats=repeats)
+    target.reset()
+    drafter.reset()
+    ms = {name: s * 1e3 for name, s in seconds.items()}
+    forward_ms = tuple(accumulate((ms[t] for t in range(1, max_nodes + 1)), max))  # more nodes never cost less
+    return StepCosts(forward_ms, ms["extend"], max((ms["grow3"] - ms["grow1"]) / 2, 1e-3))
+
+
+def step_costs(target, drafter, model_path: str, head_path: Optional[str], recalibrate: bool = False) -> StepCosts:
+    """The cached costs for this machine, model and head, measured (and cached) when missing, damaged or asked."""
+    key = cost_key(model_path, head_path)
+    costs = None if recalibrate else load_cached(key)
+    if costs is None:
+        print("specdec: measuring this machine's step costs for the planner (once; cached)...", file=sys.stderr,
+              flush=True)
+        costs = measure(target, drafter)
+        save(key, costs)
+    return costs
