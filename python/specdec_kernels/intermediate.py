@@ -24,13 +24,22 @@ def default_recipe_path(model_path: str) -> Optional[str]:
 
 def derive_intermediate(target: Transformer, recipe_file: str, drafter) -> Transformer:
     """The intermediate a recipe file describes (module docstring); `drafter` gives the draft vocabulary."""
-    with open(recipe_file, encoding="utf-8") as f:
-        recipe = json.load(f)
+    try:
+        with open(recipe_file, encoding="utf-8") as f:
+            recipe = json.load(f)
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
+        raise ValueError(f"{recipe_file} is not a JSON file: {err!r}") from err
+    layers = recipe.get("layers") if isinstance(recipe, dict) else None
+    if not isinstance(layers, list) or not all(type(i) is int for i in layers):
+        raise ValueError(f"{recipe_file}: a recipe is a JSON object whose \"layers\" is a list of layer indices")
     vocabulary = recipe.get("vocabulary", "full")
     if vocabulary not in ("draft", "full"):
         raise ValueError(f"{recipe_file}: an intermediate's vocabulary is 'draft' or 'full', got {vocabulary!r}")
     token_ids = torch.tensor(drafter.draft_ids) if vocabulary == "draft" else None
-    return layer_subset(target, recipe["layers"], token_ids)
+    try:
+        return layer_subset(target, layers, token_ids)
+    except ValueError as err:  # layers the target does not have
+        raise ValueError(f"{recipe_file}: {err}") from err
 
 
 def load_intermediate(path: str, target: Transformer, target_path: Optional[str] = None) -> Transformer:

@@ -261,7 +261,7 @@ def test_training_runs_end_to_end(tiny, tmp_path, unroll):
     metrics = evaluate(head, tiny.embedding, sequences)
     assert 0 <= metrics["alpha_1"] <= metrics["top5_recall"] <= 1
     assert 1 + metrics["alpha_1"] <= metrics["chain3_tokens"] <= 1 + 3 * metrics["alpha_1"]
-    path = str(tmp_path / "tiny.eagle.pt")
+    path = str(tmp_path / "tiny.eagle.safetensors")
     save_head(head, path, note="test")
     loaded = load_head(path, tiny)
     assert loaded.metadata == {"note": "test"}
@@ -273,12 +273,12 @@ def test_training_runs_end_to_end(tiny, tmp_path, unroll):
                                             (["--eval-prompts", "missing.jsonl"], "missing.jsonl: no such file")])
 def test_training_command_refuses_bad_flags(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
-        train_main(["--out", str(tmp_path / "h.eagle.pt")] + flags)
+        train_main(["--out", str(tmp_path / "h.eagle.safetensors")] + flags)
     assert message in capsys.readouterr().err
 
 
 def test_head_for_another_model_is_refused(tiny, tmp_path):
-    path = str(tmp_path / "h.eagle.pt")
+    path = str(tmp_path / "h.eagle.safetensors")
     head = EagleHead.from_target(tiny, torch.arange(40))
     head.config.dim = 32
     save_head(head, path)

@@ -66,7 +66,7 @@ def test_predictor_lengths_stay_in_range(tiny, bias, expected):
 
 def test_file_round_trip(tiny, tmp_path):
     predictor = predictor_for(tiny, seed=3)
-    path = str(tmp_path / "tiny.ldlp.pt")
+    path = str(tmp_path / "tiny.ldlp.safetensors")
     save_predictor(predictor, path, command="python -m specdec_kernels.train.ldlp --out x", positions=10)
     loaded = load_predictor(path, tiny)
     assert loaded.config == predictor.config and not loaded.training
@@ -182,7 +182,7 @@ def test_k_max_out_of_range(tiny, head, sequences, k_max):
 
 
 def test_predictor_for_another_model_is_refused(tiny, tmp_path):
-    path = str(tmp_path / "other.ldlp.pt")
+    path = str(tmp_path / "other.ldlp.safetensors")
     save_predictor(LengthPredictor(PredictorConfig(32, K_MAX, hidden_dim=8)), path)
     with pytest.raises(ValueError, match="length predictor for dim 32, the target has dim 64"):
         load_predictor(path, tiny)
@@ -204,7 +204,7 @@ def test_inputs_of_another_width_are_refused(tiny):
 ])
 def test_training_command_refuses_bad_flags(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
-        train_main(["--out", str(tmp_path / "p.ldlp.pt")] + flags)
+        train_main(["--out", str(tmp_path / "p.ldlp.safetensors")] + flags)
     assert message in capsys.readouterr().err
 
 

@@ -81,9 +81,9 @@ def add_draft_arguments(parser) -> None:
     from specdec_kernels.hierarchical import MIN_DRAFT
 
     parser.add_argument("--head", type=readable_file, help="EAGLE head (default: the one shipped for the model, "
-                        "drafters/heads/NAME.eagle.pt)")
+                        "drafters/heads/NAME.eagle.safetensors)")
     parser.add_argument("--predictor", type=readable_file, help="draft length predictor of ada, eagle2-ada and ada-pld "
-                        "(default: the one shipped for the model, heads/NAME.ldlp.pt)")
+                        "(default: the one shipped for the model, heads/NAME.ldlp.safetensors)")
     parser.add_argument("--intermediate", type=readable_file, help="hier's intermediate: a GGUF file with the model's "
                         "tokenizer (default: derived from the model as heads/NAME.intermediate.json says)")
     parser.add_argument("--min-draft", type=positive_int, default=MIN_DRAFT, help="hier: sequence draft tokens per "

@@ -12,8 +12,8 @@ c costs nothing: the drafter has computed the root's children before the length 
 paper; with the paper's two inputs alone the predictor chose worse lengths here (docs/notes.md, "Draft-length
 predictor (LDLP)").
 
-Its file holds the config, the weights and free-form metadata (the command that trained it), saved with
-torch.save and read back with weights_only=True, as drafters.head_file does for the EAGLE head.
+Its file (drafters.weights_file: safetensors, no pickle) holds the config, the float32 weights and free-form
+metadata (the command that trained it).
 """
 from dataclasses import asdict, dataclass
 
@@ -24,8 +24,10 @@ from torch.nn import functional as F
 from specdec_kernels.tree import MAX_TREE_NODES
 
 from .head_file import shipped_file
+from .weights_file import assign_weights, config_from, read_weights_file, save_weights_file
 
 MAX_DRAFT_LENGTH = MAX_TREE_NODES - 1  # a chain of k drafts is a tree of k + 1 nodes, root included
+PREDICTOR_SUFFIX = ".ldlp.safetensors"
 
 
 def check_k_max(k_max: int) -> int:
@@ -83,22 +85,23 @@ def to_length(raw: torch.Tensor, k_max: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the file
 def default_predictor_path(model_path: str) -> str | None:
-    """The shipped predictor for a GGUF file (heads/<file name>.ldlp.pt), or None when there is none."""
-    return shipped_file(model_path, ".ldlp.pt")
+    """The shipped predictor for a GGUF file (heads/<file name>.ldlp.safetensors), or None when there is none."""
+    return shipped_file(model_path, PREDICTOR_SUFFIX)
 
 
 def save_predictor(predictor: LengthPredictor, path: str, **metadata) -> None:
-    torch.save({"config": asdict(predictor.config), "weights": predictor.state_dict(), "metadata": metadata}, path)
+    save_weights_file(path, predictor.state_dict(), asdict(predictor.config), metadata)
 
 
 def load_predictor(path: str, target) -> LengthPredictor:
-    """The predictor in `path` for `target` (a models.Transformer); ValueError when it was trained for another
-    hidden size. The saved metadata is on `predictor.metadata`."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = PredictorConfig(**saved["config"])
+    """The predictor in `path` for `target` (a models.Transformer); ValueError when the file is damaged or the
+    predictor was trained for another hidden size. The saved metadata is on `predictor.metadata`."""
+    tensors, config, metadata = read_weights_file(path)
+    config = config_from(PredictorConfig, config, path)
     if config.dim != target.config.dim:
         raise ValueError(f"{path} is a length predictor for dim {config.dim}, the target has dim {target.config.dim}")
-    predictor = LengthPredictor(config)
-    predictor.load_state_dict(saved["weights"])
-    predictor.metadata = saved.get("metadata", {})
+    with torch.device("meta"):  # sized by the config: nothing is allocated before the file's tensors match it
+        predictor = LengthPredictor(config)
+    assign_weights(predictor, tensors, torch.float32, path)
+    predictor.metadata = metadata
     return predictor.eval()

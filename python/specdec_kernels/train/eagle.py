@@ -1,7 +1,7 @@
 """Train an EAGLE draft head for a GGUF target on data the target generates itself (docs/design.md 4.1).
 
-    python -m specdec_kernels.train.eagle --out heads/NAME.eagle.pt [--model PATH.gguf|DIR] [--max-new-tokens 160]
-        [--epochs 8] [--draft-vocab 8192] [--data CACHE.pt]
+    python -m specdec_kernels.train.eagle --out heads/NAME.eagle.safetensors [--model PATH.gguf|DIR]
+        [--max-new-tokens 160] [--epochs 8] [--draft-vocab 8192] [--data CACHE.safetensors]
 
 1. The target (our runner, batched, greedy) answers the conversations of train/prompts.py; every position's
    final-norm feature is kept (a second round builds on the first round's answers).
@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
@@ -103,17 +105,31 @@ def unseen_prompt_sequences(model, tokenizer, turns: list, max_new_tokens: int, 
 
 
 def cached_sequences(path, make) -> list:
-    """The sequences saved at `path` if that file exists, else make()'s (saved to `path` when one is given)."""
+    """The sequences saved at `path` if that file exists, else make()'s (saved to `path` when one is given).
+    The file is safetensors (no pickle): the sequences' tokens and features concatenated, with their lengths."""
     if path and os.path.exists(path):
-        saved = torch.load(path, weights_only=True)
-        sequences = [Sequence(*fields) for fields in zip(saved["tokens"], saved["features"], saved["answer_start"])]
+        sequences = read_sequences(path)
         print(f"read {len(sequences)} sequences from {path}")
         return sequences
     sequences = make()
     if path:
-        torch.save({name: [getattr(s, name) for s in sequences] for name in ("tokens", "features", "answer_start")},
-                   path)
+        save_file({"tokens": torch.cat([s.tokens for s in sequences]),
+                   "features": torch.cat([s.features for s in sequences]),
+                   "lengths": torch.tensor([s.tokens.numel() for s in sequences]),
+                   "answer_start": torch.tensor([s.answer_start for s in sequences])}, path)
     return sequences
+
+
+def read_sequences(path: str) -> list:
+    try:
+        saved = load_file(path)
+        lengths = saved["lengths"].tolist()
+        if not saved["tokens"].numel() == saved["features"].shape[0] == sum(lengths) or min(lengths, default=0) < 0:
+            raise ValueError("its lengths do not add up to its tokens and features")
+    except (SafetensorError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} is not a sequence cache of this version ({err}); delete it to regenerate") from err
+    return [Sequence(tokens, features, start) for tokens, features, start in
+            zip(saved["tokens"].split(lengths), saved["features"].split(lengths), saved["answer_start"].tolist())]
 
 
 def eval_prompts_path(parser, value):
@@ -257,7 +273,7 @@ def evaluate(head: EagleHead, embedding: torch.Tensor, sequences: list, top_k: i
 # ---------------------------------------------------------------- command line
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m specdec_kernels.train.eagle", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="where to write the head (.eagle.pt)")
+    parser.add_argument("--out", required=True, help="where to write the head (.eagle.safetensors)")
     parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
     parser.add_argument("--data", help="cache of the generated data (read if it exists, else written)")
     parser.add_argument("--max-new-tokens", type=int, default=160)
@@ -276,7 +292,7 @@ def main(argv=None):
                         "first turns after each epoch, and leave them out of the training prompts (default: "
                         "the packaged end-to-end prompts, bench.e2e.DEFAULT_PROMPTS; '' to skip)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
-    parser.add_argument("--init", help="go on training this head (.eagle.pt; its draft vocabulary is kept)")
+    parser.add_argument("--init", help="go on training this head (.eagle.safetensors; its draft vocabulary is kept)")
     parser.add_argument("--copy-last-layer", action="store_true", help="start from the target's last layer")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this share of the data")
     args = parser.parse_args(argv)

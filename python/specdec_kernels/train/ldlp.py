@@ -1,7 +1,7 @@
 """Train AdaEAGLE's draft length predictor (docs/design.md 4.4) for a target and its EAGLE head.
 
-    python -m specdec_kernels.train.ldlp --out heads/NAME.ldlp.pt [--model PATH.gguf] [--head H.eagle.pt]
-        [--k-max 3] [--limit N] [--under-weight 2] [--data CACHE.pt]
+    python -m specdec_kernels.train.ldlp --out heads/NAME.ldlp.safetensors [--model PATH.gguf]
+        [--head H.eagle.safetensors] [--k-max 3] [--limit N] [--under-weight 2] [--data CACHE.safetensors]
 
 1. The target (our runner, batched, greedy) answers round-one conversations of train/prompts.py (seed 1,
    leaving out those of seed 0 that the shipped head was trained on, and the end-to-end prompts); every
@@ -181,7 +181,7 @@ def conversations(limit, exclude) -> list:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m specdec_kernels.train.ldlp", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="where to write the predictor (.ldlp.pt)")
+    parser.add_argument("--out", required=True, help="where to write the predictor (.ldlp.safetensors)")
     parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
     parser.add_argument("--head", help="the EAGLE head whose drafts are labelled (default: the one shipped)")
     parser.add_argument("--data", help="cache of the generated sequences (read if it exists, else written)")
