@@ -2,7 +2,9 @@
 Q8_0 matrices as exact 8-bit layers, F32/F16 as they are — or, by option, every such non-4-bit matrix
 RTN-quantized to 4 bits."""
 import importlib.util
+import math
 import os
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -24,6 +26,10 @@ HALF_ROTATING = ("qwen2",)  # GGUF keeps these in the rotate-halves RoPE layout 
 # Runner layers and the GGUF tensors stacked (along the output dimension) into each.
 BLOCK_TENSORS = {"wqkv": ("attn_q", "attn_k", "attn_v"), "wo": ("attn_output",), "w_gate_up": ("ffn_gate", "ffn_up"),
                  "w_down": ("ffn_down",)}
+# Metadata value types read as each Python type (_field), and the tensor types dense() dequantizes.
+INTEGER_TYPES = ("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64")
+VALUE_TYPES = {str: ("STRING",), int: INTEGER_TYPES, float: INTEGER_TYPES + ("FLOAT32", "FLOAT64")}
+DENSE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")  # what dense() is asked to dequantize
 
 
 def embedded_model_path() -> str:
@@ -34,20 +40,32 @@ def embedded_model_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def q8_0_linear(raw: np.ndarray, bias: Optional[torch.Tensor]) -> W8A16Linear:
+def finite(name: str, values: torch.Tensor) -> torch.Tensor:
+    """values, unless one is NaN or infinite (a damaged file): then a ValueError naming the tensor."""
+    if not torch.isfinite(values).all():
+        raise ValueError(f"tensor {name} holds NaN or infinite values")
+    return values
+
+
+def q8_0_linear(tensor, bias: Optional[torch.Tensor]) -> W8A16Linear:
     """Q8_0 rows (block: fp16 d, 32 int8 q) as an exact 8-bit layer: W = d q = d (q + 128) - 128 d."""
+    raw = np.asarray(tensor.data)
     n = raw.shape[0]
     blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, 34)
-    d = blocks[..., :2].contiguous().view(torch.float16)[..., 0]
+    d = finite(tensor.name, blocks[..., :2].contiguous().view(torch.float16)[..., 0])
     biased = (blocks[..., 2:].contiguous().view(torch.int8).int() + 128).to(torch.uint8).reshape(n, -1)
     return W8A16Linear(biased, d, -128 * d, 32, bias)
 
 
 def dense(tensor) -> torch.Tensor:
+    """A GGUF tensor as float32 values (its GGUF shape reversed: rows first)."""
     import gguf
 
+    if tensor.tensor_type.name not in DENSE_TYPES:
+        raise ValueError(f"tensor {tensor.name}: type {tensor.tensor_type.name} is not supported here "
+                         f"({', '.join(DENSE_TYPES)})")
     values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    return torch.from_numpy(np.array(values, dtype=np.float32, copy=True))
+    return finite(tensor.name, torch.from_numpy(np.array(values, dtype=np.float32, copy=True)))
 
 
 def stack_rows(parts: list) -> QuantizedWeight:
@@ -72,11 +90,13 @@ def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Option
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
     if kind in ("Q4_0", "Q4_1"):
         parts = [gguf_q4_to_canonical(np.asarray(t.data), kind) for t in tensors]
+        for t, p in zip(tensors, parts):
+            finite(t.name, torch.cat([p.scales, p.mins]))
         parts = [QuantizedWeight(*(reorder(getattr(p, name), n) for name in ("qweight", "scales", "mins")),
                                  p.group_size) for p, n in zip(parts, pair_heads)]  # exact: rows are independent
         return W4A16Linear(stack_rows(parts), bias)
     if kind == "Q8_0" and len(tensors) == 1 and dense_group_size is None and pair_heads[0] is None:
-        return q8_0_linear(np.asarray(tensors[0].data), bias)
+        return q8_0_linear(tensors[0], bias)
     if kind in ("F32", "F16", "BF16", "Q8_0"):
         return dense_linear(torch.cat([reorder(dense(t), n) for t, n in zip(tensors, pair_heads)]), bias,
                             dense_group_size)
@@ -84,57 +104,113 @@ def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Option
     raise ValueError(f"{names}: quantization type {kind} is not supported (Q4_0, Q4_1, Q8_0, F16, F32)")
 
 
-def _field(reader, key):
+# ---------------------------------------------------------------- checks of a well-formed file's contents
+# The header checks (quant.gguf_check) keep every read inside the file; these keep a file whose metadata and
+# tensors disagree from reaching the runner, whose kernels trust the shapes they are given.
+
+
+def _field(reader, key: str, kind: type, default=None):
+    """The metadata value `key` as a `kind` (str, int or float); `default` when it is absent (None: required)."""
     field = reader.fields.get(key)
     if field is None:
-        raise ValueError(f"GGUF metadata {key!r} is missing")
+        if default is None:
+            raise ValueError(f"GGUF metadata {key!r} is missing")
+        return default
+    found = [t.name for t in field.types]
+    if len(found) != 1 or found[0] not in VALUE_TYPES[kind]:
+        raise ValueError(f"GGUF metadata {key!r} has type {'/'.join(found)}, expected {kind.__name__}")
     value = field.parts[field.data[0]]
-    return bytes(value).decode() if field.types[0].name == "STRING" else value[0].item()
+    return bytes(value).decode(errors="replace") if kind is str else kind(value[0].item())
 
 
+def check_config(c: ModelConfig) -> None:
+    """Sizes the runner can build: positive, heads that split dim into even (RoPE pairs) head dims."""
+    for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name} must be at least 1, the metadata gives {getattr(c, name)}")
+    if c.dim % c.n_heads or c.head_dim % 2 or c.n_heads % c.n_kv_heads:
+        raise ValueError(f"{c.n_heads} heads ({c.n_kv_heads} KV heads) cannot split dim {c.dim} into even head "
+                         "dimensions")
+    if not (math.isfinite(c.norm_eps) and c.norm_eps >= 0 and math.isfinite(c.rope_theta) and c.rope_theta > 0):
+        raise ValueError(f"norm epsilon {c.norm_eps} must be finite and >= 0, RoPE base {c.rope_theta} finite and > 0")
+
+
+def block_shapes(c: ModelConfig) -> dict:
+    """Each block matrix's [out, in] shape in a model of config c."""
+    kv_dim = c.n_kv_heads * c.head_dim
+    return {"attn_q": (c.dim, c.dim), "attn_k": (kv_dim, c.dim), "attn_v": (kv_dim, c.dim),
+            "attn_output": (c.dim, c.dim), "ffn_gate": (c.hidden_dim, c.dim), "ffn_up": (c.hidden_dim, c.dim),
+            "ffn_down": (c.dim, c.hidden_dim)}
+
+
+def shaped(tensors: dict, name: str, shape: tuple, required: bool = True):
+    """tensors[name] (None when absent and not required), a ValueError unless its shape (rows first) is `shape`;
+    None in `shape` takes any size."""
+    tensor = tensors.get(name)
+    if tensor is None:
+        if required:
+            raise ValueError(f"tensor {name} is missing")
+        return None
+    found = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dimensions innermost first
+    if len(found) != len(shape) or any(want not in (None, size) for want, size in zip(shape, found)):
+        wanted = ", ".join("any" if want is None else str(want) for want in shape)
+        raise ValueError(f"tensor {name} has shape {found}, the model needs ({wanted})")
+    return tensor
+
+
+# ---------------------------------------------------------------- loading
 def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int] = None) -> Transformer:
     """dense_group_size: RTN-quantize the file's non-4-bit matrices (Q8_0, F16, F32) in groups of this size
-    instead of keeping them exact (Q8_0 in 8 bits, floats dense)."""
-    import gguf
+    instead of keeping them exact (Q8_0 in 8 bits, floats dense). A file that is not a model this runner can
+    build is a ValueError naming it and the fault (a missing file: FileNotFoundError)."""
+    from specdec_kernels.quant.gguf_check import read_gguf
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such model file: {path}")
+    reader = read_gguf(path)
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, OSError) as err:
-        raise ValueError(f"{path} is not a readable GGUF file: {err}") from err
-    arch = _field(reader, "general.architecture")
+        return model_from(reader, max_seq_len, dense_group_size)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def model_from(reader, max_seq_len: int, dense_group_size: Optional[int]) -> Transformer:
+    arch = _field(reader, "general.architecture", str)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     tensors = {t.name: t for t in reader.tensors}
-    scaling = _field(reader, f"{arch}.rope.scaling.type") if f"{arch}.rope.scaling.type" in reader.fields else "none"
+    scaling = _field(reader, f"{arch}.rope.scaling.type", str, "none")
     if scaling not in ("none", "llama3"):
         # linear / YaRN position scaling is not implemented: refuse rather than give wrong long-range logits
-        raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported (Llama-3 frequency factors are)")
-    # Llama-3 scaling: llama.cpp's converter stores the per-frequency divisors as rope_freqs.weight
-    factors = tuple(dense(tensors["rope_freqs.weight"]).tolist()) if "rope_freqs.weight" in tensors else None
-    embedding = dense(tensors["token_embd.weight"])
+        raise ValueError(f"RoPE scaling {scaling!r} is not supported (Llama-3 frequency factors are)")
+    dim = _field(reader, f"{arch}.embedding_length", int)
+    token_embd = shaped(tensors, "token_embd.weight", (None, dim))
     config = ModelConfig(
-        dim=_field(reader, f"{arch}.embedding_length"), n_layers=_field(reader, f"{arch}.block_count"),
-        n_heads=_field(reader, f"{arch}.attention.head_count"),
-        n_kv_heads=_field(reader, f"{arch}.attention.head_count_kv"),
-        hidden_dim=_field(reader, f"{arch}.feed_forward_length"), vocab_size=embedding.shape[0],
-        norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon"),
-        rope_theta=_field(reader, f"{arch}.rope.freq_base") if f"{arch}.rope.freq_base" in reader.fields else 10000.0,
-        max_seq_len=min(max_seq_len, _field(reader, f"{arch}.context_length")), rope_factors=factors)
+        dim=dim, n_layers=_field(reader, f"{arch}.block_count", int),
+        n_heads=_field(reader, f"{arch}.attention.head_count", int),
+        n_kv_heads=_field(reader, f"{arch}.attention.head_count_kv", int),
+        hidden_dim=_field(reader, f"{arch}.feed_forward_length", int), vocab_size=int(token_embd.shape[-1]),
+        norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", float),
+        rope_theta=_field(reader, f"{arch}.rope.freq_base", float, 10000.0),
+        max_seq_len=min(max_seq_len, _field(reader, f"{arch}.context_length", int)))
+    check_config(config)
+    # Llama-3 scaling: llama.cpp's converter stores the per-frequency divisors as rope_freqs.weight
+    factors = shaped(tensors, "rope_freqs.weight", (config.head_dim // 2,), required=False)
+    config = replace(config, rope_factors=None if factors is None else tuple(dense(factors).tolist()))
+    shapes = block_shapes(config)
     rotated_heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if arch in HALF_ROTATING else {}
     blocks = []
     for i in range(config.n_layers):
         linears = {}
         for name, suffixes in BLOCK_TENSORS.items():
-            biases = [tensors.get(f"blk.{i}.{suffix}.bias") for suffix in suffixes]
+            biases = [shaped(tensors, f"blk.{i}.{s}.bias", shapes[s][:1], required=False) for s in suffixes]
             if any(b is not None for b in biases) and None in biases:
-                raise ValueError(f"{path}: layer {i} has biases for only some of {', '.join(suffixes)}")
-            linears[name] = linear_from([tensors[f"blk.{i}.{suffix}.weight"] for suffix in suffixes],
+                raise ValueError(f"layer {i} has biases for only some of {', '.join(suffixes)}")
+            linears[name] = linear_from([shaped(tensors, f"blk.{i}.{s}.weight", shapes[s]) for s in suffixes],
                                         None if biases[0] is None else biases,
-                                        [rotated_heads.get(suffix) for suffix in suffixes], dense_group_size)
-        blocks.append(Block(config, **linears, attn_norm=dense(tensors[f"blk.{i}.attn_norm.weight"]),
-                            ffn_norm=dense(tensors[f"blk.{i}.ffn_norm.weight"])))
-    head = linear_from([tensors.get("output.weight", tensors["token_embd.weight"])],  # tied: no output.weight
-                       dense_group_size=dense_group_size)
-    return Transformer(config, embedding, blocks, dense(tensors["output_norm.weight"]), head)
+                                        [rotated_heads.get(s) for s in suffixes], dense_group_size)
+        norms = {f"{norm}_norm": dense(shaped(tensors, f"blk.{i}.{norm}_norm.weight", (config.dim,)))
+                 for norm in ("attn", "ffn")}
+        blocks.append(Block(config, **linears, **norms))
+    output = shaped(tensors, "output.weight", (config.vocab_size, config.dim), required=False)
+    head = linear_from([token_embd if output is None else output], dense_group_size=dense_group_size)  # None: tied
+    return Transformer(config, dense(token_embd), blocks,
+                       dense(shaped(tensors, "output_norm.weight", (config.dim,))), head)

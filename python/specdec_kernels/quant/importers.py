@@ -12,13 +12,9 @@ from .formats import QuantizedWeight
 
 # ---------------------------------------------------------------- GGUF
 def _gguf_tensor(path: str, tensor_name: str):
-    import gguf
+    from .gguf_check import read_gguf  # imports gguf: only when a GGUF file is read
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, OSError) as err:
-        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt?): {err}") from err
-    for tensor in reader.tensors:
+    for tensor in read_gguf(path).tensors:
         if tensor.name == tensor_name:
             return tensor
     raise KeyError(f"tensor {tensor_name!r} not found in {path}")
