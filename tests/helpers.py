@@ -19,12 +19,12 @@ TOLERANCES = {
 }
 
 
-def assert_close_to_oracle(y: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype):
+def assert_close_to_oracle(y: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, slack: float = 1.0):
     """A GEMM result vs its float64 oracle: outputs are sums of K products, so the absolute tolerance
-    scales with the output's magnitude."""
+    scales with the output's magnitude. slack widens both (CUDA rounds the weights to x.dtype first: 2)."""
     atol, rtol = TOLERANCES[dtype]
     scale = expected.double().abs().max().clamp(min=1.0).item()
-    torch.testing.assert_close(y.double(), expected.double(), atol=atol * scale, rtol=rtol)
+    torch.testing.assert_close(y.double(), expected.double(), atol=slack * atol * scale, rtol=slack * rtol)
 
 
 # ---------------------------------------------------------------- W4A16 / W8A16 samples and CPU paths

@@ -144,7 +144,7 @@ at::Tensor rope_and_cache_cpu(const at::Tensor& q, const at::Tensor& k, const at
   SPECDEC_CHECK_DIM(q, 4);
   check_activation_dtype(q, "q");
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
-  TORCH_CHECK_VALUE(D % 2 == 0, "head dim must be even (RoPE rotates pairs), got ", D);
+  TORCH_CHECK_VALUE(D % 2 == 0, "q's head dim must be even (RoPE rotates pairs), got ", D);
   TORCH_CHECK_VALUE(q.stride(3) == 1, "q must be contiguous in the head dim, got strides ", q.strides());
   check_heads(k, "k", B, T, D, q.scalar_type());
   check_heads(v, "v", B, T, D, q.scalar_type());

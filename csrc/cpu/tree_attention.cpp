@@ -35,7 +35,7 @@ struct Shapes {
 Shapes check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                     const at::Tensor& cache_lens, const std::optional<at::Tensor>& tree_mask) {
   const AttentionShapes a = check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask);
-  TORCH_CHECK_VALUE(a.D >= 16 && a.D % 16 == 0 && a.D <= 256, "head dim must be a multiple of 16 up to 256, got ",
+  TORCH_CHECK_VALUE(a.D >= 16 && a.D % 16 == 0 && a.D <= 256, "q's head dim must be a multiple of 16 up to 256, got ",
                     a.D);
   return Shapes{a.B, a.T, a.Hq, a.Hkv, a.D, a.S, a.group, a.rows, (a.rows + 15) / 16};
 }

@@ -266,9 +266,11 @@ inline __mmask16 visible_keys(const SplitArgs& a, int t, long p0) {
 
 // e^x for x <= 0: 2^n p(r), r = x - n ln2, |r| <= ln2 / 2, degree-5 Taylor polynomial (relative error
 // < 2.5e-6, below the 2^-17 of the two bf16 pieces P is stored in); exactly 0 below -87 and at -inf, so
-// masked keys carry no mass.
+// masked keys carry no mass. NaN stays NaN (the unordered compare keeps its lane): a NaN score makes its row
+// NaN, as on the vector path, instead of vanishing as a key of no mass. An inf in q or k splits into bf16
+// pieces inf + NaN, so every row that sees it is NaN (the vector path gives a -inf score no mass).
 inline __m512 exp_nonpositive(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_NLT_UQ);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts

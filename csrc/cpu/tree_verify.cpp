@@ -32,11 +32,20 @@ int64_t argmax_first(const VocabRows& rows, const std::vector<float>& row, int64
   return 0;  // all NaN: no maximum; the root's token is as good as any
 }
 
+// A row softmax leaves undefined (a NaN or +inf logit, or none above -inf: exp gives NaN there) still yields a
+// valid verdict: those tokens get no mass. A row left with none accepts no child and samples token 0.
+float without_nan(const VocabRows& rows, std::vector<float>& p) {
+  for (float& value : p)
+    if (std::isnan(value)) value = 0;
+  return rows.sum(p.data(), p.size());
+}
+
 // p = exp(row - max) with top-k, then top-p applied, left unnormalised; returns its total mass
 // (reference.target_probs is p / total).
 float target_probs(const VocabRows& rows, std::vector<float>& p, int64_t V, int64_t top_k, double top_p,
                    std::vector<float>& scratch) {
   float total = rows.exp(p.data(), p.size(), rows.max(p.data(), p.size()));
+  if (std::isnan(total)) total = without_nan(rows, p);  // before nth_element and sort, which need no NaN
   if (top_k > 0 && top_k < V) {
     scratch.assign(p.begin(), p.begin() + V);
     std::nth_element(scratch.begin(), scratch.begin() + (top_k - 1), scratch.end(), std::greater<float>());
@@ -45,7 +54,7 @@ float target_probs(const VocabRows& rows, std::vector<float>& p, int64_t V, int6
       if (p[v] < kth) p[v] = 0;
     total = rows.sum(p.data(), p.size());
   }
-  if (top_p < 1.0) {
+  if (top_p < 1.0 && total > 0) {  // with no mass there is no token to keep
     scratch.clear();
     for (int64_t v = 0; v < V; ++v)
       if (p[v] > 0) scratch.push_back(p[v]);
@@ -138,7 +147,7 @@ void sample_rows(const scalar_t* logits, const float* draft_probs, const float* 
           }
         } else {  // sampled draft: accept with min(1, p / q), else p <- max(p - q, 0)
           if (prob[x] > 0 && u * draft[x] * total < prob[x]) accepted = c;
-          else {
+          else if (total > 0) {
             for (int64_t v = 0; v < V; ++v) prob[v] = std::max(prob[v] / total - draft[v], 0.0f);
             total = rows.sum(prob.data(), prob.size());
           }

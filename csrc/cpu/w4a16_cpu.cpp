@@ -46,12 +46,15 @@ at::Tensor group_sums(const at::Tensor& x32, int64_t group_size) {
   return xsum;
 }
 
+// qweight's bytes as little-endian int32 words, 4 bytes of a row per word. A fresh copy: contiguous() keeps the
+// row stride and storage offset of a one-row view (it counts as contiguous), which view(kInt) refuses.
+at::Tensor byte_words(const at::Tensor& qweight) { return qweight.clone(at::MemoryFormat::Contiguous).view(at::kInt); }
+
 std::vector<at::Tensor> w4a16_prepack_cpu(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
                                           int64_t group_size) {
   check_canonical_w4(qweight, scales, mins, group_size);
   const int64_t tiles = padded_tiles(qweight.size(0));
-  // Little-endian: 4 canonical bytes of a row form one word whose nibble i is k = 8b + i.
-  const at::Tensor words = qweight.contiguous().view(at::kInt);
+  const at::Tensor words = byte_words(qweight);  // nibble i of word b is k = 8b + i
   return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
 }
 
@@ -196,7 +199,7 @@ std::vector<at::Tensor> w8a16_prepack_cpu(const at::Tensor& qweight, const at::T
                                           int64_t group_size) {
   check_canonical_quantized(qweight, scales, mins, group_size, 1);
   const int64_t tiles = padded_tiles(qweight.size(0));
-  const at::Tensor words = qweight.contiguous().view(at::kInt);  // little-endian: byte j of word w is k 4w + j
+  const at::Tensor words = byte_words(qweight);  // byte j of word w is k 4w + j
   return {to_tiles(words, tiles), to_tiles(scales.to(at::kFloat), tiles), to_tiles(mins.to(at::kFloat), tiles)};
 }
 

@@ -73,7 +73,7 @@ at::Tensor tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, c
   // The kernels' own limits: fp16/bf16 MMA tiles of D = 64 or 128, whole caches read with 16-byte loads.
   TORCH_CHECK_VALUE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
                     "q must be float16 or bfloat16 on CUDA, got ", q.scalar_type());
-  TORCH_CHECK_VALUE(s.D == 64 || s.D == 128, "head dim must be 64 or 128 on CUDA, got ", s.D);
+  TORCH_CHECK_VALUE(s.D == 64 || s.D == 128, "q's head dim must be 64 or 128 on CUDA, got ", s.D);
   SPECDEC_CHECK_CONTIGUOUS(k_cache);
   SPECDEC_CHECK_CONTIGUOUS(v_cache);
   TORCH_CHECK_VALUE(aligned16(k_cache) && aligned16(v_cache), "k_cache and v_cache must start on a 16-byte boundary");

@@ -91,7 +91,8 @@ def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
 def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
     """Attention of T new tokens (K/V already at [cache_len, cache_len + T)) over the cache, in float64.
 
-    Row i sees every cached position and the new tokens its mask row allows (causal when tree_mask is None).
+    Row i sees every cached position and the new tokens its mask row allows (causal when tree_mask is None). A
+    row whose every score is -inf (it sees nothing, or only keys that give -inf) is 0, as in the kernels, not 0 / 0.
     """
     batch, t, hq, d = q.shape
     hkv = k_cache.shape[2]
@@ -109,7 +110,8 @@ def tree_attention(q, k_cache, v_cache, cache_lens, tree_mask=None, scale=None):
         values = v_cache[b, : length + t].double().repeat_interleave(hq // hkv, dim=1)
         scores = torch.einsum("thd,shd->hts", q[b].double(), keys) * scale
         scores = scores.masked_fill(~visible, float("-inf"))
-        out[b] = torch.einsum("hts,shd->thd", scores.softmax(-1), values)
+        weights = torch.where((scores != float("-inf")).any(-1, keepdim=True), scores.softmax(-1), 0.0)
+        out[b] = torch.einsum("hts,shd->thd", weights, values)
     return out.to(q.dtype)
 
 

@@ -44,9 +44,10 @@ inline AttentionShapes check_tree_attention_args(const at::Tensor& q, const at::
   SPECDEC_CHECK_SIZE(k_cache, 0, s.B);
   SPECDEC_CHECK_SIZE(k_cache, 3, s.D);
   SPECDEC_CHECK_SIZE(cache_lens, 0, s.B);
-  TORCH_CHECK_VALUE(s.Hkv >= 1 && s.Hq % s.Hkv == 0, "query heads (", s.Hq, ") must be a multiple of KV heads (",
-                    s.Hkv, ")");
-  TORCH_CHECK_VALUE(s.T >= 1 && s.T <= kMaxTreeNodes, "T must be in [1, ", kMaxTreeNodes, "], got ", s.T);
+  TORCH_CHECK_VALUE(s.Hkv >= 1 && s.Hq % s.Hkv == 0, "q's heads (Hq = ", s.Hq,
+                    ") must be a multiple of KV heads (k_cache's Hkv = ", s.Hkv, ")");
+  TORCH_CHECK_VALUE(s.T >= 1 && s.T <= kMaxTreeNodes, "q's T must be in [1, ", kMaxTreeNodes, "] new tokens, got ",
+                    s.T);
   const at::Tensor lens = cache_lens.to(at::kCPU).contiguous();
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t len = lens.data_ptr<int32_t>()[b];

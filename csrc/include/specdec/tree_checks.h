@@ -23,7 +23,8 @@ inline at::Tensor check_tree(const at::Tensor& tokens, const at::Tensor& parents
                     tokens.sizes(), " and ", parents.sizes());
   SPECDEC_CHECK_SAME_DEVICE(tokens, parents);
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  TORCH_CHECK_VALUE(T >= 1 && T <= kMaxTreeNodes, "a tree has 1 to ", kMaxTreeNodes, " nodes, got T = ", T);
+  TORCH_CHECK_VALUE(T >= 1 && T <= kMaxTreeNodes, "tokens and parents: a tree has 1 to ", kMaxTreeNodes,
+                    " nodes, got T = ", T);
   const at::Tensor p = parents.to(at::kCPU, at::kLong).contiguous();
   const int64_t* pp = p.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {

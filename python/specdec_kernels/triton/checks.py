@@ -10,7 +10,7 @@ def check_tree_attention_args(q, k_cache, v_cache, cache_lens, tree_mask) -> lis
     if v_cache.stride() != k_cache.stride():  # the kernel addresses both caches with k_cache's strides
         raise ValueError(f"v_cache must have the strides of k_cache {k_cache.stride()}, got {v_cache.stride()}")
     if q.shape[3] not in (16, 32, 64, 128, 256):  # the kernel's tl.arange over the head dim
-        raise ValueError(f"head dim must be a power of two in [16, 256], got {q.shape[3]}")
+        raise ValueError(f"q's head dim must be a power of two in [16, 256], got {q.shape[3]}")
     return lens.tolist()
 
 
