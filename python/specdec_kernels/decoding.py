@@ -1,5 +1,11 @@
 """Decoding on the runner: plain autoregressive decoding (the baseline every speculative method is measured
-against) and speculative decoding with a drafter's trees, verified losslessly by the tree ops."""
+against) and speculative decoding with a drafter's trees, verified losslessly by the tree ops.
+
+An output ends at a stop token, at max_new_tokens, or when the model's cache is full (GenerationResult.stop_reason);
+up to there greedy speculative decoding gives plain decoding's tokens. A prompt that alone does not fit the cache
+is a ContextOverflow (a ValueError).
+"""
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional
@@ -12,10 +18,23 @@ from .models import Transformer
 from .reference import sample_from, target_probs
 from .tree import MAX_TREE_NODES
 
+# The smallest sampling temperature: logits / temperature must stay finite in float32 (here for logits up to
+# ~3e8); below it softmax would give NaN. 0 is greedy.
+MIN_TEMPERATURE = 1e-30
+
+# Why an output ended: a stop token was produced, it holds max_new_tokens, or the model's cache is full (the last
+# token has no slot, so no forward can give the next one).
+STOP_REASONS = ("stop_token", "max_new_tokens", "context_full")
+
+
+class ContextOverflow(ValueError):
+    """The prompt alone does not fit the model's cache."""
+
 
 @dataclass
 class GenerationResult:
     tokens: List[int]                      # the new tokens (stop token included when one ended the run)
+    stop_reason: str = ""                  # one of STOP_REASONS
     steps: int = 0                         # target forwards after the prefill
     seconds: float = 0.0
     accepted_per_step: List[int] = field(default_factory=list)  # tokens emitted per target forward (bonus included)
@@ -29,6 +48,17 @@ class GenerationResult:
     @property
     def mean_accepted(self) -> float:
         return sum(self.accepted_per_step) / max(len(self.accepted_per_step), 1)
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """A ValueError naming the first setting out of range (the tree ops would reject it only after the first
+    token, and plain decoding not at all)."""
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise ValueError(f"temperature must be 0 (greedy) or finite and >= {MIN_TEMPERATURE}, got {temperature}")
+    if not 0 < top_p <= 1:  # top_p 0 would keep no token: top_k = 1 keeps the most likely one
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
 
 
 def choose_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
@@ -45,11 +75,13 @@ def generate(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int,
              top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None, stop_tokens: Iterable[int] = (),
              stream: Optional[Callable[[int], None]] = None) -> GenerationResult:
     """Decode one token per forward. `stream(token)` is called as each token is produced."""
-    prompt = _check_prompt(model, prompt_ids, max_new_tokens)
+    prompt = _check_inputs(model, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
     logits, _ = _prefill(model, prompt)
     while not out.emit(choose_token(logits[0, -1], temperature, top_p, top_k, generator)):
+        if free_slots(model) == 0:  # no slot for the last token: no forward can give the next one
+            return out.finish("context_full")
         logits, _ = model(torch.tensor([[out.result.tokens[-1]]]))
         model.commit(1)
         out.result.steps += 1
@@ -58,7 +90,8 @@ def generate(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int,
 
 
 class _Output:
-    """The emitted tokens so far: streams them and says when decoding ends (a stop token, max_new_tokens)."""
+    """The emitted tokens so far: streams them and says when decoding ends (a stop token, max_new_tokens); the
+    decoding loops end it themselves when the cache is full."""
 
     def __init__(self, max_new_tokens: int, stop_tokens: Iterable[int], stream: Optional[Callable[[int], None]]):
         self.result = GenerationResult(tokens=[])
@@ -70,22 +103,38 @@ class _Output:
         self.result.tokens.append(token)
         if self.stream is not None:
             self.stream(token)
-        done = token in self.stops or len(self.result.tokens) == self.max_new_tokens
-        if done:
-            self.result.seconds = time.perf_counter() - self.start
-        return done
+        if token in self.stops:
+            self.finish("stop_token")
+        elif len(self.result.tokens) == self.max_new_tokens:
+            self.finish("max_new_tokens")
+        return bool(self.result.stop_reason)
+
+    def finish(self, reason: str) -> GenerationResult:
+        self.result.stop_reason, self.result.seconds = reason, time.perf_counter() - self.start
+        return self.result
 
 
-def _check_prompt(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int) -> List[int]:
+def _check_inputs(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int, temperature: float,
+                  top_p: float, top_k: int) -> List[int]:
+    """-> the prompt as a list, or a ValueError naming the first input out of range."""
+    check_sampling(temperature, top_p, top_k)
     prompt = list(prompt_ids)
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
     if max_new_tokens < 1:  # the output ends when it holds max_new_tokens: 0 would never end it
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if len(prompt) + max_new_tokens > model.max_seq_len:
-        raise ValueError(f"context overflow: {len(prompt)} prompt + {max_new_tokens} new tokens > "
-                         f"{model.max_seq_len} (the model's cache)")
+    if len(prompt) > model.max_seq_len:  # a longer output stops at the cache's end instead (context_full)
+        raise ContextOverflow(f"the prompt's {len(prompt)} tokens do not fit the model's cache of "
+                              f"{model.max_seq_len}")
+    vocab = model.config.vocab_size
+    if not 0 <= min(prompt) <= max(prompt) < vocab:  # a negative id would silently index from the end
+        raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
     return prompt
+
+
+def free_slots(model: Transformer) -> int:
+    """Cache slots left after the committed tokens (a single-sequence cache)."""
+    return model.max_seq_len - int(model.cache_lens[0])
 
 
 def _prefill(model: Transformer, prompt: List[int]):
@@ -120,7 +169,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
     prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
     (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
     The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
-    prompt = _check_prompt(target, prompt_ids, max_new_tokens)
+    prompt = _check_inputs(target, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
     result = out.result
@@ -136,10 +185,12 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
     while True:
         if any(out.emit(t) for t in new_tokens):  # stops at the first token that ends the output
             return result
+        room = min(free_slots(target), MAX_TREE_NODES)  # the root's slot and its drafts'
+        if room == 0:
+            return out.finish("context_full")
         tick = time.perf_counter()
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending = []
-        room = min(target.max_seq_len - int(target.cache_lens[0]), MAX_TREE_NODES)  # >= 1: room for the root
         step = step_shape(target, shape, room, predictor, last_token, features[-1], root_log_probs)
         draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step)
         if lookup is not None:

@@ -23,7 +23,14 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from . import ops
-from .decoding import GenerationResult, _check_prompt, _Output, _prefill, choose_token
+from .decoding import (
+    GenerationResult,
+    _check_inputs,
+    _Output,
+    _prefill,
+    choose_token,
+    free_slots,
+)
 from .drafters import DEFAULT_TREE, Drafter, DraftShape
 from .models import Transformer
 from .reference import target_probs
@@ -61,7 +68,7 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
     the intermediate's forwards."""
     check_intermediate(target, intermediate)
     check_min_draft(min_draft, shape)
-    prompt = _check_prompt(target, prompt_ids, max_new_tokens)
+    prompt = _check_inputs(target, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
     result = out.result
@@ -77,6 +84,8 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
     while True:
         if any(out.emit(t) for t in new_tokens):
             return result
+        if free_slots(target) == 0:  # no slot for the root
+            return out.finish("context_full")
         tick = time.perf_counter()
         root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
         pending, mark, committed = [], drafter.length, int(target.cache_lens[0])

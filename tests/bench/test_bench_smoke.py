@@ -7,6 +7,7 @@ import torch
 from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
 from specdec_kernels.bench.common import CacheFlusher
 from specdec_kernels.cli.args import UsageError
+from specdec_kernels.decoding import STOP_REASONS
 from specdec_kernels.models import RUNNER_X_DIGITS
 
 
@@ -67,8 +68,9 @@ def test_e2e_json_keys(tmp_path):
         assert set(result["methods"][method]) >= {"tokens_per_s", "speedup", "mean_accepted"}
     for record in result["prompts"]:
         assert set(record) >= {"question_id", "category", "method", "new_tokens", "seconds", "steps", "mean_accepted",
-                               "identical_to_vanilla", "output"}
+                               "identical_to_vanilla", "output", "stop_reasons"}
         assert record["identical_to_vanilla"] and len(record["output"]) == 2
+        assert len(record["stop_reasons"]) == 2 and set(record["stop_reasons"]) <= set(STOP_REASONS)
 
 
 def test_torch_int4_baseline_computes_the_same_weights():

@@ -38,6 +38,7 @@ BAD_COMMAND_LINES = [
     (["generate", "hi", "--model", "no-such-model.gguf"], ["--model", "no such file"]),
     (["generate", "hi", "--temperature", "-1"], ["--temperature", "-1"]),
     (["generate", "hi", "--temperature", "nan"], ["--temperature", "nan"]),
+    (["generate", "hi", "--temperature", "1e-45"], ["temperature", "1e-45"]),  # logits / 1e-45 overflow float32
     (["generate", "hi", "--max-new-tokens", "-5"], ["--max-new-tokens", "-5"]),
     (["generate", "hi", "--max-new-tokens", "many"], ["--max-new-tokens", "many"]),
     (["generate", "hi", "--top-p", "1.5"], ["--top-p", "1.5"]),

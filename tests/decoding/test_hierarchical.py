@@ -10,15 +10,6 @@ from specdec_kernels.hierarchical import hierarchical_generate
 from specdec_kernels.models import layer_subset, load_gguf
 
 
-@pytest.fixture(scope="module")
-def related(tmp_path_factory):
-    """An intermediate for the tiny target: the same architecture and vocabulary, weights perturbed by 25%: it
-    agrees with the target often but not always (rejections at the target's level)."""
-    path = str(tmp_path_factory.mktemp("intermediate") / "related.gguf")
-    write_tiny_gguf(path, logit_scale=5.0, perturb=0.25)
-    return load_gguf(path, max_seq_len=128)
-
-
 def random_prompt(seed, length=5):
     return torch.randint(0, 40, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 

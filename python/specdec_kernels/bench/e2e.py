@@ -130,8 +130,9 @@ def _run_hf(h: Harness, prompt_ids, **extra):
                              eos_token_id=h.tokenizer.eos_token_id, pad_token_id=h.tokenizer.eos_token_id,
                              **sampling, **extra)
     seconds = time.perf_counter() - start
-    return GenerationResult(tokens=out[0, len(prompt_ids):].tolist(), steps=max(h.hf_forwards, 1) - 1,
-                            seconds=seconds)
+    tokens = out[0, len(prompt_ids):].tolist()
+    stop_reason = "stop_token" if tokens and tokens[-1] == h.tokenizer.eos_token_id else "max_new_tokens"
+    return GenerationResult(tokens=tokens, stop_reason=stop_reason, steps=max(h.hf_forwards, 1) - 1, seconds=seconds)
 
 
 # transformers' own decoding, as its users run it: plain, and with its prompt lookup (assisted decoding)
@@ -164,12 +165,13 @@ def first_turns(path=DEFAULT_PROMPTS) -> list:
 
 def run_conversation(h: Harness, name: str, turns):
     """All turns of one question (the history holds the method's own earlier answers) -> (tokens, texts, stats):
-    stats sums seconds and target forwards (prefills included) and lists the per-step statistics."""
+    stats sums seconds and target forwards (prefills included), lists the per-step statistics and why each turn's
+    answer ended (decoding.STOP_REASONS)."""
     from specdec_kernels.engines.transformers import chat_prompt_ids
 
     messages, tokens, texts = [], [], []
     stats = {"seconds": 0.0, "steps": 0, "stage_seconds": {"draft": 0.0, "intermediate": 0.0, "verify": 0.0},
-             "per_step": {"accepted": [], "draft_lengths": [], "intermediate_forwards": []}}
+             "per_step": {"accepted": [], "draft_lengths": [], "intermediate_forwards": []}, "stop_reasons": []}
     for turn in turns:
         messages.append({"role": "user", "content": turn})
         result = h.run(name, chat_prompt_ids(h.tokenizer, messages))
@@ -179,6 +181,7 @@ def run_conversation(h: Harness, name: str, turns):
         texts.append(answer)
         stats["seconds"] += result.seconds
         stats["steps"] += result.steps + 1
+        stats["stop_reasons"].append(result.stop_reason)
         for stage in stats["stage_seconds"]:
             stats["stage_seconds"][stage] += getattr(result, f"{stage}_seconds")
         stats["per_step"]["accepted"] += result.accepted_per_step

@@ -11,6 +11,7 @@ from specdec_kernels.cli.args import (
     positive_int,
     top_p,
 )
+from specdec_kernels.decoding import ContextOverflow, check_sampling
 from specdec_kernels.engines.transformers import chat_prompt_ids, load_tokenizer
 from specdec_kernels.methods import DEFAULT_METHOD, METHODS, Decoder, MissingPart
 from specdec_kernels.models import RUNNER_X_DIGITS
@@ -35,6 +36,7 @@ def add_arguments(parser):
 def run(args):
     path = args.model or default_model_path()
     try:
+        check_sampling(args.temperature, args.top_p, args.top_k)  # what argparse's types leave (a tiny temperature)
         decoder = Decoder(path, None, args.head, args.predictor, args.intermediate, min_draft=args.min_draft,
                           x_digits=args.x_digits)
         method = args.method or (DEFAULT_METHOD if decoder.head_path else "vanilla")
@@ -53,8 +55,14 @@ def run(args):
         sys.stdout.write(text[len(previous):])
         sys.stdout.flush()
 
-    result = decoder.generate(method, prompt, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                              top_k=args.top_k, seed=args.seed, stop_tokens=[tokenizer.eos_token_id], stream=stream)
+    try:
+        result = decoder.generate(method, prompt, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                  top_k=args.top_k, seed=args.seed, stop_tokens=[tokenizer.eos_token_id], stream=stream)
+    except ContextOverflow as error:
+        raise UsageError(f"{error}: shorten the prompt") from None
     print(f"\n[{len(result.tokens)} tokens in {result.seconds:.2f} s: {len(result.tokens) / result.seconds:.1f} tokens/s, "
           f"{result.mean_accepted:.2f} tokens per target forward, method {method}]")
+    if result.stop_reason == "context_full":  # not an error: the answer is all the model could hold
+        print(f"specdec: the answer stopped at the model's context length ({decoder.model.max_seq_len} tokens)",
+              file=sys.stderr)
     return 0

@@ -47,10 +47,13 @@ class EagleDrafter:
         self.lm_head = to_runner(lm)
         self.ffn_norm = head.ffn_norm.detach()
         self.draft_ids = head.draft_to_target.tolist()  # draft-vocabulary id -> target id
-        self.max_seq_len = max_seq_len or target.max_seq_len
-        shape = (1, self.max_seq_len, c.n_kv_heads, c.head_dim)
+        self.max_seq_len = max_seq_len or target.max_seq_len  # committed pairs
+        # and after them one tree's pairs: growth feeds up to (depth - 1) * top_k of them, more than the nodes the
+        # target verifies (the draft is cut to the target's free slots; what growth feeds is not)
+        slots = self.max_seq_len + tree.MAX_TREE_NODES
+        shape = (1, slots, c.n_kv_heads, c.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
-        self.rope = rope_cos_sin(c, self.max_seq_len)
+        self.rope = rope_cos_sin(c, slots)
         self.length = 0  # committed pairs D
 
     @classmethod
