@@ -63,10 +63,14 @@ TORCH_LIBRARY(specdec, m) {
 
 namespace {
 
+// Released for the call only: arguments and results are converted holding it.
+using WithoutGil = pybind11::call_guard<pybind11::gil_scoped_release>;
+
 // _C.direct.<op>(...) calls the op's dispatcher entry typed (unboxed): the same kernels and the same dispatch
 // (device, fake tensors) as torch.ops.specdec.<op>, without converting every argument to an IValue and back,
 // which costs microseconds a call: the runner makes ~9 calls per layer per decoded token. Sig must be the
-// kernels' C++ signature (the dispatcher checks it when the handle is made).
+// kernels' C++ signature (the dispatcher checks it when the handle is made). Like torch.ops, the call releases
+// the GIL: other Python threads (another model decoding, a server's) run meanwhile.
 template <class Sig>
 struct Direct;
 
@@ -75,7 +79,7 @@ struct Direct<Ret(Args...)> {
   static void def(pybind11::module_& m, const char* name) {
     const auto op = c10::Dispatcher::singleton().findSchemaOrThrow((std::string("specdec::") + name).c_str(), "")
                         .typed<Ret(Args...)>();
-    m.def(name, [op](Args... args) { return op.call(std::forward<Args>(args)...); });
+    m.def(name, [op](Args... args) { return op.call(std::forward<Args>(args)...); }, WithoutGil());
   }
 };
 
@@ -135,5 +139,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<std::vector<specdec::DecoderLayer>, int64_t, int64_t, int64_t, double>(), py::arg("layers"),
            py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("eps"))
       .def("forward", &specdec::DecoderStack::forward, py::arg("x"), py::arg("positions"), py::arg("rope_cos"),
-           py::arg("rope_sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("tree_mask"));
+           py::arg("rope_sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("tree_mask"),
+           WithoutGil());
 }
