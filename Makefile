@@ -4,7 +4,7 @@ NVCC ?= nvcc
 TORCH_INC = $(shell $(PY) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I'+p for p in include_paths()))" 2>/dev/null)
 PY_INC = $(shell $(PY) -c "import sysconfig; print('-I' + sysconfig.get_paths()['include'])" 2>/dev/null)
 
-.PHONY: install build test test-cpu test-triton demo bench cuda-check gpu-check clean
+.PHONY: install build test test-cpu test-triton test-asan demo bench cuda-check gpu-check clean
 
 install:
 	bash scripts/install.sh
@@ -17,6 +17,11 @@ test: install test-cpu test-triton
 
 test-cpu:
 	$(PY) -m pytest -q -m "not triton" tests
+
+# After `make install`: the CPU extension under AddressSanitizer and UBSan, built into build/asan/, runs
+# the op tests and the decoder stack on every CPU path this machine has, then the fuzzer.
+test-asan:
+	bash scripts/test_asan.sh
 
 # The Triton interpreter must be on before triton kernels are imported: its own process.
 test-triton:

@@ -1,6 +1,7 @@
 """Source build of specdec_kernels._C: CPU kernels always, CUDA kernels when torch has CUDA and
 nvcc exists (or FORCE_CUDA=1). Never decided by torch.cuda.is_available(): builds run on machines
-without a GPU."""
+without a GPU. SPECDEC_SANITIZE=1 builds the CPU kernels alone under AddressSanitizer and
+UndefinedBehaviorSanitizer (scripts/test_asan.sh)."""
 import glob
 import os
 import shutil
@@ -12,7 +13,18 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+# UB aborts the run instead of printing a line that a passing test would hide.
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+            "-g"]
+
+
+def sanitize() -> bool:
+    return os.environ.get("SPECDEC_SANITIZE") == "1"
+
+
 def want_cuda() -> bool:
+    if sanitize():
+        return False
     if os.environ.get("FORCE_CUDA") == "1":
         return True
     return torch.version.cuda is not None and shutil.which("nvcc") is not None
@@ -20,8 +32,13 @@ def want_cuda() -> bool:
 
 def extension():
     cxx = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    link = ["-fopenmp"]
+    if sanitize():
+        # -O1: fast enough to test, readable stack traces. -fno-wrapv: Python's CFLAGS add -fwrapv, which
+        # makes signed overflow defined and so invisible to UBSan (the CMake build has no -fwrapv).
+        cxx, link = cxx + ["-O1", "-fno-wrapv"] + SANITIZE, link + SANITIZE
     sources = ["csrc/torch_bindings.cpp", "csrc/decoder_stack.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc/include"), os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc/include"), os.path.join(ROOT, "csrc")], extra_link_args=link)
     if not want_cuda():
         return CppExtension("specdec_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     # Ampere and Hopper; sm_90a enables wgmma/setmaxnreg-class instructions.

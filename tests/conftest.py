@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import specdec_kernels  # noqa: F401  (registers the ops)
 import torch
@@ -12,6 +14,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+    deselect_other_cpu_paths(config, items)
+
+
+def deselect_other_cpu_paths(config, items):
+    """SPECDEC_CPU_ISA set for a whole run tests that one CPU path: the tests parametrized over paths run only
+    it, so that one run per path (scripts/test_asan.sh) runs each parametrized case once."""
+    forced = os.environ.get("SPECDEC_CPU_ISA")
+    if not forced:
+        return
+
+    def other_path(item) -> bool:
+        return hasattr(item, "callspec") and item.callspec.params.get("isa", forced) != forced
+
+    deselected = [item for item in items if other_path(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not other_path(item)]
 
 
 # The decoding tests' tiny target and a head trained briefly on it (module-scoped: training takes seconds).

@@ -7,7 +7,7 @@ import torch
 from helpers import trees, write_tiny_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from specdec_kernels import tree
+from specdec_kernels import _C, tree
 from specdec_kernels.models import embedded_model_path, load_gguf
 from specdec_kernels.quant import RowwiseLinear, set_x_digits
 
@@ -86,7 +86,8 @@ def test_made_again_when_the_numerics_change(tiny):
         assert tiny._decoder_stack() is not stack
         reference, ours = forward_both_ways(tiny, tokens)
         assert_same_bits(ours, reference)
-        assert not torch.equal(ours[0], before)  # one digit gives other logits: the stack took the change
+        if _C.cpu_isa() in ("amx", "avx512vnni"):  # only the int8 paths round activations to x_digits
+            assert not torch.equal(ours[0], before)  # one digit gives other logits: the stack took the change
     finally:
         set_x_digits(tiny, 3)
     tiny.to(torch.float32)  # a move repacks every layer: a new stack
