@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 from specdec_kernels import _C, ops, quant, reference, tree
+from specdec_kernels.planner import StepCosts
 
 # ---------------------------------------------------------------- tolerances (kernels vs float64 references)
 # One table per dtype: (atol, rtol).
@@ -257,6 +258,26 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+# Step costs for the planner in tests: a curve gentle enough that `auto` grows trees of several sizes (measured
+# costs depend on the machine, and measuring takes seconds).
+PLANNER_TEST_COSTS = StepCosts(forward_ms=tuple(1 + 0.05 * t for t in range(16)), extend_ms=0.1, level_ms=0.05)
+
+
+def emitted_counts(model, drafter, prompt, trials: int, temperature: float, **options):
+    """-> (counts float64 [3, vocab] of the first three tokens of `trials` sampled speculative runs (seeds 0, 1, ...),
+    the runs' GenerationResults); options go to decoding.speculative_generate."""
+    from specdec_kernels.decoding import speculative_generate
+
+    counts = torch.zeros(3, model.config.vocab_size, dtype=torch.float64)
+    results = []
+    for seed in range(trials):
+        out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed, **options)
+        for i, token in enumerate(out.tokens):
+            counts[i, token] += 1
+        results.append(out)
+    return counts, results
 
 
 def exact_marginals(model, prompt):

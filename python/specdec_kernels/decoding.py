@@ -16,7 +16,7 @@ from . import ops
 from .drafters import DEFAULT_TREE, Drafter, DraftShape, LengthPredictor, NgramLookup
 from .models import Transformer
 from .reference import sample_from, target_probs
-from .tree import MAX_TREE_NODES
+from .tree import MAX_TREE_NODES, DraftTree
 
 # The smallest sampling temperature: logits / temperature must stay finite in float32 (here for logits up to
 # ~3e8); below it softmax would give NaN. 0 is greedy.
@@ -163,12 +163,14 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
                          temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                          stop_tokens: Iterable[int] = (), stream: Optional[Callable[[int], None]] = None,
                          shape: DraftShape = DEFAULT_TREE, lookup: Optional[NgramLookup] = None,
-                         predictor: Optional[LengthPredictor] = None) -> GenerationResult:
+                         predictor: Optional[LengthPredictor] = None, planner=None) -> GenerationResult:
     """Each step the drafter grows a tree of `shape` (DraftShape.chain(k) for a chain), its depth limited by
     `predictor` (if given: AdaEAGLE's draft length, step_shape), `lookup` (if given; it is reset) grafts its
     prompt-lookup chain into it, the target verifies the tree in one forward, the tree ops accept a path
-    (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV.
-    The output is that of `generate`: the same tokens when greedy, the same distribution when sampling."""
+    (greedy: the argmax path; sampling: lossless rejection sampling) and keep its KV. A `planner`
+    (planner.Planner, method auto; it is reset) instead decides each tree's depth and size, and may pause the
+    drafter for plain steps. The output is that of `generate`: the same tokens when greedy, the same distribution
+    when sampling."""
     prompt = _check_inputs(target, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
@@ -179,9 +181,12 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
     if lookup is not None:
         lookup.reset()
         lookup.extend(prompt)
-    # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path.
-    pending, features = prompt[1:], hidden[0]
-    last_token = prompt[-1]  # the token at features[-1]'s position: the predictor's x_j
+    # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path (held
+    # while a planner has paused the drafter).
+    unfed_tokens, unfed_features = prompt[1:], [hidden[0]]
+    last_token = prompt[-1]  # the token at the last feature's position: the predictor's x_j
+    if planner is not None:
+        planner.reset()
     while True:
         if any(out.emit(t) for t in new_tokens):  # stops at the first token that ends the output
             return result
@@ -189,10 +194,18 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         if room == 0:
             return out.finish("context_full")
         tick = time.perf_counter()
-        root_hidden, root_log_probs = drafter.extend(torch.tensor(pending + new_tokens), features)
-        pending = []
-        step = step_shape(target, shape, room, predictor, last_token, features[-1], root_log_probs)
-        draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step)
+        unfed_tokens += new_tokens
+        drafting = planner is None or planner.drafting()
+        if drafting:
+            last_feature = unfed_features[-1][-1]
+            root_hidden, root_log_probs = drafter.extend(torch.tensor(unfed_tokens), torch.cat(unfed_features))
+            unfed_tokens, unfed_features = [], []
+            step = (planner.shape.within(room) if planner is not None else
+                    step_shape(target, shape, room, predictor, last_token, last_feature, root_log_probs))
+            draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step, planner)
+        else:  # the root alone: a plain step
+            draft = DraftTree(torch.tensor([new_tokens[-1:]]), torch.tensor([[-1]]), values=[0.0])
+        drafted_nodes = draft.tokens.shape[1]  # before a grafted lookup chain
         if lookup is not None:
             lookup.extend(new_tokens)
             draft = lookup.graft(draft, room)
@@ -206,11 +219,18 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
         path = accept_idx[0, : int(accept_len[0])]
         new_tokens = draft.tokens[0, path[1:]].tolist() + [int(bonus[0])]
-        features, last_token = hidden[0, path], int(draft.tokens[0, path[-1]])
+        unfed_features.append(hidden[0, path])
+        last_token = int(draft.tokens[0, path[-1]])
         result.steps += 1
         result.accepted_per_step.append(len(new_tokens))
         result.draft_sizes.append(draft.tokens.shape[1])
-        if predictor is not None:
+        if planner is not None:
+            on_path = set(path.tolist())
+            planner.observe(draft.values[1:drafted_nodes], draft.parents[0, :drafted_nodes].tolist(),
+                            [node in on_path for node in range(1, drafted_nodes)], len(new_tokens),
+                            draft.tokens.shape[1], drafting)
+            result.draft_lengths.append(int(draft.depths()[0, :drafted_nodes].max()))
+        elif predictor is not None:
             result.draft_lengths.append(step.depth)
         result.draft_seconds += tock - tick
         result.verify_seconds += time.perf_counter() - tock

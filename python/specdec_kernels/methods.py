@@ -22,6 +22,7 @@ from .drafters import (
 from .hierarchical import MIN_DRAFT, check_min_draft, hierarchical_generate
 from .intermediate import default_recipe_path, derive_intermediate, load_intermediate
 from .models import RUNNER_X_DIGITS, Transformer, load_model
+from .planner import Planner, StepCosts, step_costs
 
 METHODS = {
     "vanilla": "plain decoding, one token per target forward",
@@ -33,9 +34,12 @@ METHODS = {
     "eagle2-ada": "EAGLE-2 trees whose depth the predictor chooses each step",
     "ada-pld": "AdaEAGLE chains with a prompt-lookup chain grafted in",
     "hier": "HierSpec: trees verified by an intermediate model, their paths verified by the target as one chain",
+    "auto": "the planner's tree each step, from this machine's measured costs (planner/)",
+    "auto-pld": "the planner's tree with a prompt-lookup chain grafted in",
 }
 DEFAULT_METHOD = "chain-pld"  # the fastest measured on the embedded model (README, docs/performance.md)
 NEEDS_PREDICTOR = ("ada", "eagle2-ada", "ada-pld")
+PLANNED = ("auto", "auto-pld")
 
 
 class MissingPart(Exception):
@@ -49,14 +53,15 @@ class Decoder:
     def __init__(self, model_path: str, model: Optional[Transformer] = None, head_path: Optional[str] = None,
                  predictor_path: Optional[str] = None, intermediate_path: Optional[str] = None,
                  tree: DraftShape = DEFAULT_TREE, chain: DraftShape = DEFAULT_CHAIN, min_draft: int = MIN_DRAFT,
-                 x_digits: int = RUNNER_X_DIGITS):
+                 x_digits: int = RUNNER_X_DIGITS, recalibrate: bool = False, costs: Optional[StepCosts] = None):
         check_min_draft(min_draft, tree)
         self.model_path, self._model, self.x_digits = model_path, model, x_digits
         self.head_path = head_path or default_head_path(model_path)
         self.predictor_path = predictor_path or default_predictor_path(model_path)
         self.intermediate_source = intermediate_path or default_recipe_path(model_path)
-        self.tree, self.chain, self.min_draft = tree, chain, min_draft
-        self._drafter = self._predictor = self._intermediate = None
+        self.tree, self.chain, self.min_draft, self.recalibrate = tree, chain, min_draft, recalibrate
+        self._drafter = self._predictor = self._intermediate = self._planner = None
+        self._costs = costs  # the planner's step costs; None: measured on this machine (cached)
 
     @property
     def model(self) -> Transformer:
@@ -102,6 +107,15 @@ class Decoder:
                 self._intermediate = load_intermediate(self.intermediate_source, self.model, self.model_path)
         return self._intermediate
 
+    @property
+    def planner(self) -> Planner:
+        """The planner of this machine, model and head: costs measured once (cached; recalibrate: measured again)."""
+        if self._planner is None:
+            costs = self._costs or step_costs(self.model, self.drafter, self.model_path, self.head_path,
+                                              self.recalibrate)
+            self._planner = Planner(costs)
+        return self._planner
+
     def generate(self, method: str, prompt_ids, max_new_tokens: int, **options) -> GenerationResult:
         """Decode with `method`; options: temperature, top_p, top_k, seed, stop_tokens, stream."""
         self.check(method)
@@ -110,6 +124,9 @@ class Decoder:
         if method == "hier":
             return hierarchical_generate(self.model, self.intermediate, self.drafter, prompt_ids, max_new_tokens,
                                          shape=self.tree, min_draft=self.min_draft, **options)
+        if method in PLANNED:
+            return speculative_generate(self.model, self.drafter, prompt_ids, max_new_tokens, planner=self.planner,
+                                        lookup=NgramLookup() if method.endswith("-pld") else None, **options)
         ada = method in NEEDS_PREDICTOR
         shape = (self.tree if method.startswith("eagle2") else
                  DraftShape.chain(self.predictor.config.k_max) if ada else self.chain)

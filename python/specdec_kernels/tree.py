@@ -98,8 +98,8 @@ def chain_parents(batch: int, t: int, device=None) -> torch.Tensor:
 
 class DraftTree:
     """B draft trees of T nodes: node 0 is the root (the last token produced, verified with the drafts).
-    values (optional, B = 1): the drafter's cumulative log-prob of each node's path (the root's 0), which the
-    planner learns acceptance from."""
+    values (optional, B = 1): the drafter's cumulative log-prob of each of its nodes' paths (the root's 0), which
+    the planner learns acceptance from; nodes grafted after the drafter's have none."""
 
     def __init__(self, tokens: torch.Tensor, parents: torch.Tensor, values: Optional[List[float]] = None):
         self.tokens, self.parents, self.values = tokens, parents, values
@@ -152,4 +152,4 @@ def graft_chain(draft: DraftTree, chain: list, max_nodes: int) -> DraftTree:
             parents.append(node)
             child, added = len(tokens) - 1, True
         node = child
-    return DraftTree(torch.tensor([tokens]), torch.tensor([parents])) if added else draft
+    return DraftTree(torch.tensor([tokens]), torch.tensor([parents]), draft.values) if added else draft

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import write_tiny_gguf
+from helpers import PLANNER_TEST_COSTS, write_tiny_gguf
 from specdec_kernels.drafters import LengthPredictor, PredictorConfig, save_head, save_predictor
 from specdec_kernels.methods import Decoder
 from specdec_kernels.models import load_gguf
@@ -40,7 +40,8 @@ def make_decoder(tiny_parts):
     """make_decoder(model, **options) -> a methods.Decoder running every method on `model` (the tiny target or
     another load of its file)."""
     def make(model, **options) -> Decoder:
-        return Decoder("tiny.gguf", model, **tiny_parts, **options)  # the name is never read: every part is given
+        # the name is never read: every part is given, the planner's costs too (a curve that makes `auto` grow trees)
+        return Decoder("tiny.gguf", model, **tiny_parts, costs=PLANNER_TEST_COSTS, **options)
 
     return make
 

@@ -2,7 +2,7 @@
 step with the target, greedy output = plain greedy output, sampling reproduces the target distribution."""
 import pytest
 import torch
-from helpers import chi_square, chi_square_critical, exact_marginals, pooled
+from helpers import chi_square, chi_square_critical, emitted_counts, exact_marginals, pooled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specdec_kernels.decoding import generate, speculative_generate
@@ -213,16 +213,13 @@ def test_lookup_chain_is_grafted_within_the_cache(tiny, trained_head):
     assert any(4 < size == room for size, room in zip(spec.draft_sizes, rooms)), (spec.draft_sizes, rooms)
 
 
-def emitted_counts(model, drafter, prompt, trials, temperature, lookup=None):
-    counts = torch.zeros(3, model.config.vocab_size, dtype=torch.float64)
-    accepted = 0
-    for seed in range(trials):
-        out = speculative_generate(model, drafter, prompt, 3, temperature=temperature, seed=seed,
-                                   shape=DraftShape(8, depth=3, top_k=2), lookup=lookup)
-        for i, token in enumerate(out.tokens):
-            counts[i, token] += 1
-        # accepted drafts; with a lookup, only those of steps that grafted a chain (a tree of more than 8 nodes)
-        accepted += sum(a - 1 for a, size in zip(out.accepted_per_step, out.draft_sizes) if lookup is None or size > 8)
+def sampled_counts(model, drafter, prompt, trials, temperature, lookup=None):
+    """emitted_counts for trees of 8 nodes, and the draft tokens accepted: with a lookup, only in the steps that
+    grafted a chain (a tree of more than 8 nodes)."""
+    counts, results = emitted_counts(model, drafter, prompt, trials, temperature,
+                                     shape=DraftShape(8, depth=3, top_k=2), lookup=lookup)
+    accepted = sum(a - 1 for out in results for a, size in zip(out.accepted_per_step, out.draft_sizes)
+                   if lookup is None or size > 8)
     return counts, accepted
 
 
@@ -234,13 +231,13 @@ def test_sampling_is_lossless(tiny, trained_head, prompt, lookup):
     runs); the same test rejects samples taken at another temperature."""
     drafter = EagleDrafter(tiny, trained_head)
     exact = exact_marginals(tiny, prompt)
-    counts, accepted = emitted_counts(tiny, drafter, prompt, 2000, temperature=1.0,
+    counts, accepted = sampled_counts(tiny, drafter, prompt, 2000, temperature=1.0,
                                        lookup=deep_lookup() if lookup else None)
     assert accepted > 600, f"only {accepted} draft tokens accepted: the test would not exercise verification"
     for position in range(3):
         c, p = pooled(counts[position], exact[position])
         assert chi_square(c, p) < chi_square_critical(len(c) - 1), f"token {position + 1}"
-    biased, _ = emitted_counts(tiny, drafter, prompt, 1000, temperature=0.7,
+    biased, _ = sampled_counts(tiny, drafter, prompt, 1000, temperature=0.7,
                                  lookup=deep_lookup() if lookup else None)
     c, p = pooled(biased[2], exact[2])
     assert chi_square(c, p) > chi_square_critical(len(c) - 1)

@@ -86,7 +86,7 @@ def test_a_useless_drafter_is_paused_and_probed_with_a_growing_backoff():
     for _ in range(PLAIN_STREAK + BACKOFF[0] + PLAIN_STREAK + 2 * BACKOFF[0]):
         drafting = planner.drafting()
         decided.append(drafting)
-        planner.observe([], [-1], [], emitted=1, seconds=0.0065, drafted=drafting)  # root alone every step
+        planner.observe([], [-1], [], emitted=1, nodes=1, drafted=drafting)  # root alone every step
     expected = ([True] * PLAIN_STREAK + [False] * BACKOFF[0] + [True] * PLAIN_STREAK + [False] * (2 * BACKOFF[0]))
     assert decided == expected
 
@@ -94,5 +94,5 @@ def test_a_useless_drafter_is_paused_and_probed_with_a_growing_backoff():
 def test_an_accepted_draft_resets_the_backoff():
     planner = Planner(FLAT)
     planner.backoff = 64
-    planner.observe([math.log(0.9)], [-1, 0], [True], emitted=2, seconds=0.007, drafted=True)
+    planner.observe([math.log(0.9)], [-1, 0], [True], emitted=2, nodes=2, drafted=True)
     assert planner.backoff == BACKOFF[0] and planner.drafting()

@@ -67,7 +67,8 @@ class Harness:
     (lazily) the transformers model."""
 
     def __init__(self, path: str, max_new_tokens: int, temperature: float, head_path=None, tree=None,
-                 chain_length=None, x_digits=None, predictor_path=None, intermediate_path=None, min_draft=MIN_DRAFT):
+                 chain_length=None, x_digits=None, predictor_path=None, intermediate_path=None, min_draft=MIN_DRAFT,
+                 recalibrate=False):
         from specdec_kernels.drafters import DEFAULT_CHAIN, DEFAULT_TREE, DraftShape
         from specdec_kernels.methods import Decoder
         from specdec_kernels.models import RUNNER_X_DIGITS
@@ -77,7 +78,7 @@ class Harness:
         self._hf = None
         self.decoder = Decoder(path, None, head_path, predictor_path, intermediate_path, tree or DEFAULT_TREE,
                                DraftShape.chain(chain_length) if chain_length else DEFAULT_CHAIN,
-                               min_draft, self.x_digits)
+                               min_draft, self.x_digits, recalibrate)
 
     @property
     def tokenizer(self):
@@ -258,7 +259,8 @@ def run(args):
         tree = DraftShape(*(int(v) for v in args.tree.split(",")))
     try:
         harness = Harness(args.model or embedded_model_path(), args.max_new_tokens, args.temperature, args.head, tree,
-                          args.chain_length, args.x_digits, args.predictor, args.intermediate, args.min_draft)
+                          args.chain_length, args.x_digits, args.predictor, args.intermediate, args.min_draft,
+                          args.recalibrate)
     except ValueError as error:  # the settings do not fit together (min_draft and the tree's depth)
         raise UsageError(str(error)) from None
     harness.check(methods)

@@ -1,4 +1,4 @@
-"""The `specdec` console script: `specdec generate ...` and `specdec bench <name> ...`.
+"""The `specdec` console script: `specdec generate ...`, `specdec plan` and `specdec bench <name> ...`.
 
 Each subcommand lives in its own module exposing add_arguments(parser) and run(args); they are
 imported only when used, so `specdec bench w4a16` never pays for transformers.
@@ -16,6 +16,7 @@ from .args import UsageError
 
 COMMANDS = {
     "generate": "specdec_kernels.cli.generate",
+    "plan": "specdec_kernels.cli.plan",
 }
 BENCHES = {
     "w4a16": "specdec_kernels.bench.w4a16",

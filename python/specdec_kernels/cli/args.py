@@ -88,3 +88,5 @@ def add_draft_arguments(parser) -> None:
                         "tokenizer (default: derived from the model as heads/NAME.intermediate.json says)")
     parser.add_argument("--min-draft", type=positive_int, default=MIN_DRAFT, help="hier: sequence draft tokens per "
                         "target step, at least")
+    parser.add_argument("--recalibrate", action="store_true", help="auto: measure this machine's step costs again "
+                        "(they are cached per machine, model and head)")

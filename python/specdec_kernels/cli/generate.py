@@ -38,7 +38,7 @@ def run(args):
     try:
         check_sampling(args.temperature, args.top_p, args.top_k)  # what argparse's types leave (a tiny temperature)
         decoder = Decoder(path, None, args.head, args.predictor, args.intermediate, min_draft=args.min_draft,
-                          x_digits=args.x_digits)
+                          x_digits=args.x_digits, recalibrate=args.recalibrate)
         method = args.method or (DEFAULT_METHOD if decoder.head_path else "vanilla")
         decoder.check(method)
         decoder.model  # loaded before the tokenizer: a damaged or unsupported file is a ValueError naming it

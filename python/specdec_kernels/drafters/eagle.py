@@ -16,7 +16,7 @@ from specdec_kernels.models.llama import rope_cos_sin
 from .base import DraftShape
 from .eagle_head import EagleHead
 from .head_file import load_head
-from .tree_growth import grow_tree
+from .tree_growth import Growth, grow_tree
 
 # The drafter's own GEMM numerics: its outputs are only proposals (the target's verification keeps decoding
 # lossless whatever they are), so it takes the cheapest that keep acceptance (docs/notes.md, "drafter
@@ -103,9 +103,9 @@ class EagleDrafter:
         return hidden[-1], self._log_probs(hidden[-1:])[0]
 
     def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
-                  shape: DraftShape) -> tree.DraftTree:
+                  shape: DraftShape, growth: Optional[Growth] = None) -> tree.DraftTree:
         """An EAGLE-2 dynamic tree below root_token (drafters.tree_growth). Nothing is committed."""
-        return grow_tree(self._expand, self.draft_ids, root_token, root_hidden, root_log_probs, shape)
+        return grow_tree(self._expand, self.draft_ids, root_token, root_hidden, root_log_probs, shape, growth)
 
     def _expand(self, tokens: torch.Tensor, parents_hidden: torch.Tensor, level: int, past: int,
                 fed_bits: List[int]):

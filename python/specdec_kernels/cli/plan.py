@@ -1,0 +1,64 @@
+"""The planner's view of this machine: specdec plan [--model PATH] [--head PATH] [--recalibrate] [--plot PNG]
+
+Prints the step costs the `auto` method plans with (measured once per machine, model and head, then cached):
+the target's forward over T nodes against T = 1, the drafter's costs, and the draft the planner would verify
+for a drafter whose top token is accepted with probability p at every depth (a chain of p, p^2, ...).
+"""
+from specdec_kernels.cli.args import UsageError, default_model_path, model_path, readable_file
+
+ACCEPTANCE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", type=model_path, help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--head", type=readable_file, help="EAGLE head (default: the one shipped for the model)")
+    parser.add_argument("--recalibrate", action="store_true", help="measure again (the cached costs are replaced)")
+    parser.add_argument("--plot", help="write the forward cost curve c(T) / c(1) as a PNG here")
+
+
+def chain_choice(costs, p: float) -> int:
+    """Draft tokens the planner verifies, at plain decoding's rate, for a chain accepted with p per token."""
+    from specdec_kernels.planner import best_size
+
+    depth = costs.max_nodes - 1
+    nodes, _ = best_size([p ** (d + 1) for d in range(depth)], depth, costs, 1 / costs.step_ms(1, 0))
+    return nodes - 1
+
+
+def run(args):
+    import torch
+
+    from specdec_kernels.bench.common import machine_info, print_table
+    from specdec_kernels.methods import Decoder
+
+    decoder = Decoder(args.model or default_model_path(), head_path=args.head, recalibrate=args.recalibrate)
+    if decoder.head_path is None:
+        raise UsageError(f"no EAGLE head for {decoder.model_path}: pass --head")
+    costs = decoder.planner.costs
+    info = machine_info(torch.device("cpu"))
+    print(f"# step costs of {decoder.model_path}, CPU path {info['cpu_isa']}, {info['threads']} threads: drafter "
+          f"extend {costs.extend_ms:.2f} ms, one tree level {costs.level_ms:.2f} ms")
+    base = costs.forward_ms[0]
+    print_table([{"T": t, "ms": ms, "ratio": ms / base} for t, ms in enumerate(costs.forward_ms, start=1)],
+                [("T", "T", "{}"), ("ms", "forward ms", "{:.2f}"), ("ratio", "x T=1", "{:.2f}")])
+    print("\n# the chain the planner verifies when each draft token is accepted with probability p")
+    print_table([{"p": p, "tokens": chain_choice(costs, p)} for p in ACCEPTANCE],
+                [("p", "p", "{:.2f}"), ("tokens", "draft tokens", "{}")])
+    if args.plot:
+        plot(costs, args.plot, f"{info['cpu_isa']}, {info['threads']} threads")
+
+
+def plot(costs, path: str, machine: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = range(1, costs.max_nodes + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(sizes, [ms / costs.forward_ms[0] for ms in costs.forward_ms], marker="o")
+    ax.set(xlabel="nodes verified in one forward (T)", ylabel="forward time / T = 1", title=f"c(T), {machine}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
