@@ -33,6 +33,12 @@ def deselect_other_cpu_paths(config, items):
         items[:] = [item for item in items if not other_path(item)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folder(tmp_path_factory):
+    """The planner caches measured costs in the user's cache folder: tests keep theirs in a temporary one."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 # The decoding tests' tiny target and a head trained briefly on it (module-scoped: training takes seconds).
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
