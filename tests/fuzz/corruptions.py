@@ -4,6 +4,7 @@ between)."""
 from collections.abc import Callable
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 
@@ -62,9 +63,16 @@ def wrong_size(name: str, dim: int, names=None) -> Corruption:
     return wrong_value(name, f"size of dim {dim}", lambda draw, args: _resized(draw, args[name], dim), names)
 
 
+def _strided(t):
+    """Every other element of a buffer: strided in every dim, the last included. A tensor whose dims are all
+    of size 1 is contiguous whatever its strides: no such case."""
+    strided = torch.stack([t, t], -1)[..., 0]
+    assume(not strided.is_contiguous())
+    return strided
+
+
 def not_contiguous(name: str, names=None) -> Corruption:
-    """Every other element of a buffer: strided in every dim, the last included."""
-    return wrong_value(name, "not contiguous", lambda draw, args: torch.stack([args[name]] * 2, -1)[..., 0], names)
+    return wrong_value(name, "not contiguous", lambda draw, args: _strided(args[name]), names)
 
 
 def _overflowing_lens(draw, args):
