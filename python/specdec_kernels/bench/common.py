@@ -107,6 +107,18 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend: no display needed); matplotlib is in [bench]."""
+    from specdec_kernels.extras import optional_imports
+
+    with optional_imports():
+        import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def print_table(rows, columns):
     """rows: list of dicts; columns: list of (key, header, format)."""
     cells = [[header for _, header, _ in columns]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from specdec_kernels.bench.common import print_table, write_json
+from specdec_kernels.bench.common import print_table, pyplot, write_json
 from specdec_kernels.hierarchical import MIN_DRAFT
 
 # The end-to-end prompt set, package data: found from any working directory and in an installed package.
@@ -223,10 +223,7 @@ def summarize(records, methods):
 
 
 def plot(records, methods, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     categories = sorted({r["category"] for r in records})
     fig, ax = plt.subplots(figsize=(1.4 * len(categories) + 2, 3.8))
@@ -246,9 +243,8 @@ def plot(records, methods, path):
 
 
 def run(args):
-    from tqdm import tqdm
-
     from specdec_kernels.cli.args import UsageError
+    from specdec_kernels.extras import progress_bar
     from specdec_kernels.models import embedded_model_path
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -267,7 +263,7 @@ def run(args):
     prompts = load_prompts(args.prompts, args.limit)
     records, vanilla_tokens = [], {}
     # The methods take turns on each prompt, so that the shared machine's drift hits them alike.
-    for item in tqdm(prompts, desc=", ".join(methods)):
+    for item in progress_bar(prompts, desc=", ".join(methods)):
         for name in methods:
             tokens, texts, stats = run_conversation(harness, name, item["turns"])
             if name == "vanilla":

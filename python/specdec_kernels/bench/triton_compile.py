@@ -6,18 +6,16 @@ scalar bitcasts, fp64 scans), so this is the compiled-mode check of a CPU-only m
 """
 import traceback
 
+from specdec_kernels.extras import optional_imports
+
 STRIDES_ATTENTION = ["stride_qb", "stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_tb",
                      "stride_tt", "stride_os", "stride_ob", "stride_ot", "stride_oh", "stride_ss"]
 
 
 def _cases():
     """(kernel, pointer/scalar types by argument, constexprs, num_warps) for each compiled variant."""
-    from specdec_kernels.triton import (  # needs triton: imported on use
-        kv_compact,
-        tree_attention,
-        tree_verify,
-        w4a16,
-    )
+    with optional_imports():  # needs triton: imported on use
+        from specdec_kernels.triton import kv_compact, tree_attention, tree_verify, w4a16
 
     tree = dict(tokens_ptr="*i64", parents_ptr="*i64", idx_ptr="*i64", len_ptr="*i64", bonus_ptr="*i64", T="i32",
                 V="i32")
@@ -53,9 +51,10 @@ def _cases():
 
 
 def compile_kernel(kernel, types, constexprs, num_warps, arch):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    with optional_imports():
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
 
     signature = {name: "constexpr" if name in constexprs else types[name] for name in kernel.arg_names}
     constants = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}

@@ -8,6 +8,7 @@ from specdec_kernels.bench.common import (
     machine_info,
     matmul_peak,
     print_table,
+    pyplot,
     time_interleaved,
     write_json,
 )
@@ -82,10 +83,7 @@ def bench_point(n, k, group_size, m, device, repeats, bandwidth, peak, flush):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shapes = sorted({(r["N"], r["K"]) for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), squeeze=False)

@@ -49,10 +49,9 @@ def run(args):
 
 
 def plot(costs, path: str, machine: str):
-    import matplotlib
+    from specdec_kernels.bench.common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = range(1, costs.max_nodes + 1)
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -14,20 +14,24 @@ import typing
 from dataclasses import MISSING, fields
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from specdec_kernels.extras import optional_imports
 
 JSON_KEYS = ("config", "metadata")  # the header's entries, each one JSON object
 MAX_SIZE = 2 ** 31  # a config's ints are sizes: below this, so that no size computed from them overflows
 
 
 def save_weights_file(path: str, tensors: dict, config: dict, metadata: dict) -> None:
+    with optional_imports():
+        from safetensors.torch import save_file
     save_file({name: t.contiguous() for name, t in tensors.items()}, path,
               metadata={key: json.dumps(value) for key, value in zip(JSON_KEYS, (config, metadata))})
 
 
 def read_weights_file(path: str) -> tuple:
     """-> (tensors {name: tensor}, config dict, metadata dict) of the file at `path`."""
+    with optional_imports():
+        from safetensors import SafetensorError, safe_open
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:

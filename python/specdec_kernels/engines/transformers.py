@@ -4,6 +4,8 @@ import os
 
 import torch
 
+from specdec_kernels.extras import optional_imports
+
 
 def _source(path: str) -> dict:
     """from_pretrained's arguments for a GGUF file or a checkpoint directory."""
@@ -13,14 +15,16 @@ def _source(path: str) -> dict:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    with optional_imports():
+        from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(**_source(path))
 
 
 def load_hf_model(path: str):
     """transformers' causal LM on the model's weights in float32 (a GGUF file's dequantized; needs gguf)."""
-    from transformers import AutoModelForCausalLM
+    with optional_imports():
+        from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(**_source(path), dtype=torch.float32).eval()
 

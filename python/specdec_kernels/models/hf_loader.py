@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from specdec_kernels.extras import optional_imports
 from specdec_kernels.quant import dense_linear
 
 from .llama import Block, ModelConfig, Transformer, llama3_rope_factors, pair_rows
@@ -35,7 +36,8 @@ def _config(hf: dict, max_seq_len: int) -> ModelConfig:
 
 
 def _tensors(path: str) -> dict:
-    from safetensors.torch import load_file
+    with optional_imports():
+        from safetensors.torch import load_file
 
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:

@@ -16,8 +16,11 @@ import mmap
 import os
 import struct
 
-import gguf
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
+from specdec_kernels.extras import optional_imports
+
+with optional_imports():
+    import gguf
+    from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 SUPPORTED_VERSIONS = (2, 3)  # version 1 had 32-bit counts
 SCALAR_SIZES = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1, GGUFValueType.UINT16: 2,

@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from specdec_kernels.bench.e2e import DEFAULT_PROMPTS, first_turns
 from specdec_kernels.drafters import EagleHead, load_head, save_head
+from specdec_kernels.extras import optional_imports, progress_bar
 
 
 @dataclass
@@ -84,13 +83,11 @@ def _decode_batch(model, prompts, lengths, max_new_tokens, stops) -> list:
 
 def collect(model, tokenizer, conversations: list, max_new_tokens: int, batch_size: int, desc: str) -> list:
     """-> [(messages, Sequence)]; conversations are sorted by prompt length so batches pad little."""
-    from tqdm import tqdm
-
     from specdec_kernels.engines.transformers import chat_prompt_ids
 
     rendered = sorted(((chat_prompt_ids(tokenizer, m), m) for m in conversations), key=lambda item: len(item[0]))
     out = []
-    for i in tqdm(range(0, len(rendered), batch_size), desc=desc):
+    for i in progress_bar(range(0, len(rendered), batch_size), desc=desc):
         chunk = rendered[i: i + batch_size]
         sequences = generate_batch(model, [ids for ids, _ in chunk], max_new_tokens, [tokenizer.eos_token_id])
         out += [(messages, seq) for (_, messages), seq in zip(chunk, sequences)]
@@ -113,6 +110,8 @@ def cached_sequences(path, make) -> list:
         return sequences
     sequences = make()
     if path:
+        with optional_imports():
+            from safetensors.torch import save_file
         save_file({"tokens": torch.cat([s.tokens for s in sequences]),
                    "features": torch.cat([s.features for s in sequences]),
                    "lengths": torch.tensor([s.tokens.numel() for s in sequences]),
@@ -121,6 +120,9 @@ def cached_sequences(path, make) -> list:
 
 
 def read_sequences(path: str) -> list:
+    with optional_imports():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
     try:
         saved = load_file(path)
         lengths = saved["lengths"].tolist()
@@ -209,8 +211,6 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
     """AdamW with a cosine schedule (5% warm-up); returns the mean loss of each epoch. unroll > 1 also trains
     on the head's own features for unroll - 1 further steps (EagleHead.unrolled). after_epoch(), if given,
     returns a note appended to each epoch's log line (e.g. acceptance on unseen prompts)."""
-    from tqdm import tqdm
-
     rng = random.Random(seed)
     torch.manual_seed(seed)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -223,7 +223,7 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
     head.train()
     for epoch in range(epochs):
         total, count = 0.0, 0
-        progress = tqdm(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
+        progress = progress_bar(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
         for group in progress:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight,

@@ -28,6 +28,7 @@ import torch
 
 from specdec_kernels.drafters import EagleHead
 from specdec_kernels.drafters.ldlp import LengthPredictor, PredictorConfig, check_k_max, save_predictor
+from specdec_kernels.extras import progress_bar
 
 from .eagle import batches, pair_batch, shifted
 
@@ -99,8 +100,6 @@ def train(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, e
           batch_size: int = 256, under_weight: float = 2.0, seed: int = 0, log=print) -> list:
     """AdamW, linear decay to zero; returns the mean loss of each epoch. The output bias starts at the
     constant the loss prefers (the under_weight / (1 + under_weight) quantile of the labels)."""
-    from tqdm import tqdm
-
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     labels = data.labels.float()
@@ -111,7 +110,7 @@ def train(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples, e
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / steps)
     history = []
     predictor.train()
-    progress = tqdm(total=steps, desc="training the length predictor")
+    progress = progress_bar(total=steps, desc="training the length predictor")
     for epoch in range(epochs):
         total = 0.0
         order = torch.randperm(len(data), generator=generator)
