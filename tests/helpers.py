@@ -75,6 +75,18 @@ def random_quantized(n: int, k: int, group_size: int, scale_dtype=torch.float16,
     return quant.QuantizedWeight(qweight, scales, mins, group_size)
 
 
+def pack_nibbles(values: torch.Tensor, dim: int, order=range(8)) -> torch.Tensor:
+    """The reference packer of GPTQ/AWQ checkpoints: integers 0..15 along `dim` -> int32 words, value
+    8 j + order[i] of each 8 in bits 4i of word j."""
+    values = values.movedim(dim, -1)
+    grouped = values.reshape(*values.shape[:-1], -1, 8).long()
+    word = torch.zeros(grouped.shape[:-1], dtype=torch.long)
+    for i, column in enumerate(order):
+        word |= grouped[..., column] << (4 * i)
+    word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    return word.movedim(-1, dim)
+
+
 def random_w8(n: int, k: int, group_size: int, seed: int = 0):
     """8-bit weights (qweight uint8 [N, K], q 0..255, float16 scales, mins near -128 scales, G) for w8a16_gemm."""
     g = torch.Generator().manual_seed(seed)

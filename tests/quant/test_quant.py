@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import pack_nibbles
 from specdec_kernels import quant, reference
 
 
@@ -45,17 +46,6 @@ def test_quantized_weight_validation():
 
 
 # ---------------------------------------------------------------- GPTQ / AWQ, packed here by the test itself
-def _pack_along(values: torch.Tensor, dim: int, order=range(8)) -> torch.Tensor:
-    """int [.., 8 j + order[i], ..] -> int32 with value order[i] in bits 4i (the checkpoints' packing)."""
-    values = values.movedim(dim, -1)
-    grouped = values.reshape(*values.shape[:-1], -1, 8).long()
-    word = torch.zeros(grouped.shape[:-1], dtype=torch.long)
-    for i, column in enumerate(order):
-        word |= grouped[..., column] << (4 * i)
-    word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
-    return word.movedim(-1, dim)
-
-
 def _expected(q_kn, zeros, scales, group_size):
     z = zeros.repeat_interleave(group_size, 0).float()
     return ((q_kn.float() - z) * scales.float().repeat_interleave(group_size, 0)).T
@@ -67,17 +57,17 @@ def test_from_gptq_exact(v1):
     q = torch.randint(0, 16, (k, n))
     zeros = torch.randint(1 if v1 else 0, 16, (k // g, n))
     scales = (torch.rand(k // g, n) * 0.01 + 1e-3).half()
-    qweight = _pack_along(q, 0)
-    qzeros = _pack_along(zeros - int(v1), 1)
+    qweight = pack_nibbles(q, 0)
+    qzeros = pack_nibbles(zeros - int(v1), 1)
     qw = quant.from_gptq(qweight, qzeros, scales, g, g_idx=torch.arange(k) // g, zeros_minus_one=v1)
-    torch.testing.assert_close(quant.dequantize(qw), _expected(q, zeros, scales, g), atol=1e-3, rtol=1e-3)
+    assert torch.equal(quant.dequantize(qw), _expected(q, zeros, scales, g))  # s (q - z): exact in float32
     assert torch.equal(reference.unpack_int4(qw.qweight).long(), q.T)
 
 
 def test_from_gptq_rejects_act_order():
     k, n, g = 64, 8, 32
-    qweight = _pack_along(torch.zeros(k, n, dtype=torch.long), 0)
-    qzeros = _pack_along(torch.zeros(k // g, n, dtype=torch.long), 1)
+    qweight = pack_nibbles(torch.zeros(k, n, dtype=torch.long), 0)
+    qzeros = pack_nibbles(torch.zeros(k // g, n, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="act-order"):
         quant.from_gptq(qweight, qzeros, torch.ones(k // g, n), g, g_idx=torch.randperm(k) // g)
 
@@ -88,8 +78,8 @@ def test_from_awq_exact():
     zeros = torch.randint(0, 16, (k // g, n))
     scales = (torch.rand(k // g, n) * 0.01 + 1e-3).half()
     order = (0, 2, 4, 6, 1, 3, 5, 7)
-    qw = quant.from_awq(_pack_along(q, 1, order), _pack_along(zeros, 1, order), scales, g)
-    torch.testing.assert_close(quant.dequantize(qw), _expected(q, zeros, scales, g), atol=1e-3, rtol=1e-3)
+    qw = quant.from_awq(pack_nibbles(q, 1, order), pack_nibbles(zeros, 1, order), scales, g)
+    assert torch.equal(quant.dequantize(qw), _expected(q, zeros, scales, g))  # s (q - z): exact in float32
     assert torch.equal(reference.unpack_int4(qw.qweight).long(), q.T)
 
 

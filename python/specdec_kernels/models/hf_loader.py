@@ -1,18 +1,23 @@
-"""Load a Hugging Face checkpoint directory (config.json + *.safetensors; Llama or Qwen2) into the runner: linear
-layers RTN-quantized to W4A16 on load (group_size) or kept dense (group_size None)."""
+"""Load a Hugging Face checkpoint directory (config.json + *.safetensors; Llama or Qwen2) into the runner. A GPTQ
+or AWQ checkpoint (config.json's quantization_config) keeps its 4-bit linears exactly (docs/design.md 3.1.1);
+float linears are RTN-quantized to W4A16 on load (group_size) or kept dense (group_size None)."""
 import glob
 import json
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import nn
 
 from specdec_kernels.extras import optional_imports
-from specdec_kernels.quant import dense_linear
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, dense_linear, from_awq, from_gptq
 
 from .llama import Block, ModelConfig, Transformer, llama3_rope_factors, pair_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+ROW_FIELDS = ("qweight", "scales", "mins")  # a QuantizedWeight's tensors, one row per output feature
+GPTQ_FORMATS = {"gptq": True, "gptq_v2": False}  # checkpoint_format -> zero points stored minus one
 
 
 def _config(hf: dict, max_seq_len: int) -> ModelConfig:
@@ -35,19 +40,121 @@ def _config(hf: dict, max_seq_len: int) -> ModelConfig:
                        rope_factors=factors)
 
 
-def _tensors(path: str) -> dict:
-    with optional_imports():
-        from safetensors.torch import load_file
-
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {path}")
-    tensors = {}
-    for file in files:
-        tensors.update({name: t.float() for name, t in load_file(file).items()})
-    return {name.removeprefix("model."): t for name, t in tensors.items()}
+# ---------------------------------------------------------------- quantization_config
+@dataclass(frozen=True)
+class PackedFormat:
+    """How a GPTQ or AWQ checkpoint packs its linears: method "gptq" or "awq", the group size along K (-1: one
+    group per row), GPTQ v1's zero points stored minus one, and whether groups may be permuted (desc_act)."""
+    method: str
+    group_size: int
+    zeros_minus_one: bool = False
+    desc_act: bool = False
 
 
+def packed_format(hf: dict) -> Optional[PackedFormat]:
+    """config.json's quantization_config, checked; None for a float checkpoint."""
+    config = hf.get("quantization_config")
+    if config is None:
+        return None
+
+    def required(name: str):
+        if name not in config:
+            raise ValueError(f"quantization_config has no {name!r}")
+        return config[name]
+
+    method = required("quant_method")
+    if method not in ("gptq", "awq"):
+        raise ValueError(f"quantization_config.quant_method {method!r} is not supported (gptq, awq)")
+    if required("bits") != 4:
+        raise ValueError(f"quantization_config.bits is {config['bits']!r}: only 4-bit {method} is supported")
+    group_size = required("group_size")
+    if type(group_size) is not int or not (group_size > 0 or group_size == -1):
+        raise ValueError(f"quantization_config.group_size must be a positive integer or -1, got {group_size!r}")
+    if method == "awq":
+        version = required("version")
+        if str(version).lower() != "gemm":
+            raise ValueError(f"quantization_config.version {version!r} is not supported (AWQ's GEMM layout is)")
+        return PackedFormat("awq", group_size)
+    if config.get("dynamic"):
+        raise ValueError("quantization_config.dynamic (per-module GPTQ settings) is not supported")
+    checkpoint_format = config.get("checkpoint_format", config.get("format", "gptq"))  # GPTQModel writes both
+    if checkpoint_format not in GPTQ_FORMATS:
+        raise ValueError(f"quantization_config.checkpoint_format {checkpoint_format!r} is not supported "
+                         f"({', '.join(GPTQ_FORMATS)})")
+    return PackedFormat("gptq", group_size, GPTQ_FORMATS[checkpoint_format], bool(config.get("desc_act", False)))
+
+
+# ---------------------------------------------------------------- tensors
+class Checkpoint:
+    """A directory's *.safetensors tensors by name (without the "model." prefix), each read from its file's
+    memory map when asked for, in its stored dtype."""
+
+    def __init__(self, path: str):
+        with optional_imports():
+            from safetensors import safe_open
+
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors files in {path}")
+        self._where = {}
+        for file in files:
+            handle = safe_open(file, framework="pt")
+            self._where.update({name.removeprefix("model."): (handle, name) for name in handle.keys()})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._where:
+            raise ValueError(f"tensor {name} is missing from the checkpoint")
+        handle, stored_name = self._where[name]
+        return handle.get_tensor(stored_name)
+
+    def float(self, name: str) -> torch.Tensor:
+        return self[name].float()
+
+    def names(self) -> set:
+        return set(self._where)
+
+
+def packed_weight(tensors: Checkpoint, prefix: str, fmt: PackedFormat) -> QuantizedWeight:
+    """The GPTQ/AWQ linear `prefix` (its qweight, qzeros, scales, g_idx) in the canonical form, exactly."""
+    qweight, qzeros, scales = (tensors[f"{prefix}.{kind}"] for kind in ("qweight", "qzeros", "scales"))
+    g_idx = tensors[f"{prefix}.g_idx"] if f"{prefix}.g_idx" in tensors or fmt.desc_act else None
+    try:
+        if fmt.method == "awq":
+            return from_awq(qweight, qzeros, scales, fmt.group_size)
+        return from_gptq(qweight, qzeros, scales, fmt.group_size, g_idx, fmt.zeros_minus_one)
+    except ValueError as err:
+        raise ValueError(f"{prefix}: {err}") from None
+
+
+def is_packed(tensors: Checkpoint, names: list, fmt: Optional[PackedFormat]) -> bool:
+    """Whether the projections `names` (stacked into one layer) are GPTQ/AWQ-packed: all of them or none."""
+    packed = [f"{name}.qweight" in tensors for name in names]
+    if any(packed) and (fmt is None or not all(packed)):
+        raise ValueError(f"{names[0]}: .qweight tensors need a quantization_config in config.json and every one "
+                         f"of {', '.join(names)} packed (they are stacked into one layer)")
+    return any(packed)
+
+
+def paired(weight, heads: Optional[int]):
+    """The rows of a weight (a float tensor or a QuantizedWeight) of a rotate-halves q/k projection of `heads`
+    heads in the runner's pair order (pair_rows); heads None: as they are."""
+    if heads is None:
+        return weight
+    if isinstance(weight, QuantizedWeight):
+        return QuantizedWeight(*(pair_rows(getattr(weight, f), heads) for f in ROW_FIELDS), weight.group_size)
+    return pair_rows(weight, heads)
+
+
+def stack_rows(weights: list) -> QuantizedWeight:
+    """One QuantizedWeight whose output rows are the parts' rows, in order (torch.cat promotes 16-bit scales and
+    mins to float32 where one part has float32 ones: exact)."""
+    return QuantizedWeight(*(torch.cat([getattr(w, f) for w in weights]) for f in ROW_FIELDS), weights[0].group_size)
+
+
+# ---------------------------------------------------------------- the model
 def load_hf(path: str, group_size: Optional[int] = 128, max_seq_len: int = 2048) -> Transformer:
     """q/k rows (and biases) are reordered from rotate-halves to the runner's adjacent pairs (pair_rows)."""
     config_path = os.path.join(path, "config.json")
@@ -58,29 +165,41 @@ def load_hf(path: str, group_size: Optional[int] = 128, max_seq_len: int = 2048)
     if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model type {hf.get('model_type')!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    config, tensors = _config(hf, max_seq_len), _tensors(path)
+    config, fmt, tensors = _config(hf, max_seq_len), packed_format(hf), Checkpoint(path)
 
-    def linear(parts, heads=None, kind="weight"):
-        """The named projections stacked along the output dimension; heads[i]: rotate-halves rows to pair."""
-        heads = heads or [None] * len(parts)
-        names = [f"{part}.{kind}" for part in parts]
-        if kind == "bias" and names[0] not in tensors:
-            return None
-        return torch.cat([t if n is None else pair_rows(t, n) for t, n in zip((tensors[m] for m in names), heads)])
+    def linear(parts: list, in_features: int, heads=None) -> nn.Module:
+        """The named projections stacked along the output dimension (parts: (name, out_features)), with their
+        biases; heads[i]: part i rotates halves over that many heads, reordered to pairs."""
+        names, heads = [name for name, _ in parts], heads or [None] * len(parts)
+        bias = None
+        if f"{names[0]}.bias" in tensors:
+            bias = torch.cat([paired(tensors.float(f"{name}.bias"), n) for name, n in zip(names, heads)])
+        packed = is_packed(tensors, names, fmt)
+        weights = [paired(packed_weight(tensors, name, fmt) if packed else tensors.float(f"{name}.weight"), n)
+                   for name, n in zip(names, heads)]
+        for (name, out_features), weight in zip(parts, weights):
+            if tuple(weight.shape) != (out_features, in_features):
+                raise ValueError(f"{name}: weight [out, in] must be {[out_features, in_features]}, "
+                                 f"got {list(weight.shape)}")
+        if packed:
+            return W4A16Linear(stack_rows(weights), bias)
+        return dense_linear(torch.cat(weights), bias, group_size)
 
+    c = config
+    q_rows, kv_rows = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     blocks = []
-    for i in range(config.n_layers):
+    for i in range(c.n_layers):
         attn, mlp = f"layers.{i}.self_attn", f"layers.{i}.mlp"
-        qkv, heads = [f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"], [config.n_heads, config.n_kv_heads, None]
-        gate_up = [f"{mlp}.gate_proj", f"{mlp}.up_proj"]
+        qkv = [(f"{attn}.q_proj", q_rows), (f"{attn}.k_proj", kv_rows), (f"{attn}.v_proj", kv_rows)]
         blocks.append(Block(
-            config,
-            wqkv=dense_linear(linear(qkv, heads), linear(qkv, heads, "bias"), group_size),
-            wo=dense_linear(linear([f"{attn}.o_proj"]), linear([f"{attn}.o_proj"], kind="bias"), group_size),
-            w_gate_up=dense_linear(linear(gate_up), None, group_size),
-            w_down=dense_linear(linear([f"{mlp}.down_proj"]), None, group_size),
-            attn_norm=tensors[f"layers.{i}.input_layernorm.weight"],
-            ffn_norm=tensors[f"layers.{i}.post_attention_layernorm.weight"]))
-    embedding = tensors["embed_tokens.weight"]
-    head_weight = embedding if hf.get("tie_word_embeddings", False) else tensors.get("lm_head.weight", embedding)
-    return Transformer(config, embedding, blocks, tensors["norm.weight"], dense_linear(head_weight, None, group_size))
+            c,
+            wqkv=linear(qkv, c.dim, [c.n_heads, c.n_kv_heads, None]),
+            wo=linear([(f"{attn}.o_proj", c.dim)], q_rows),
+            w_gate_up=linear([(f"{mlp}.gate_proj", c.hidden_dim), (f"{mlp}.up_proj", c.hidden_dim)], c.dim),
+            w_down=linear([(f"{mlp}.down_proj", c.dim)], c.hidden_dim),
+            attn_norm=tensors.float(f"layers.{i}.input_layernorm.weight"),
+            ffn_norm=tensors.float(f"layers.{i}.post_attention_layernorm.weight")))
+    embedding = tensors.float("embed_tokens.weight")
+    tied = hf.get("tie_word_embeddings", False) or not {"lm_head.weight", "lm_head.qweight"} & tensors.names()
+    head = dense_linear(embedding, None, group_size) if tied else linear([("lm_head", c.vocab_size)], c.dim)
+    return Transformer(c, embedding, blocks, tensors.float("norm.weight"), head)
