@@ -4,12 +4,15 @@ dequantized copy kept), and the logits match a float64 transformers model on tho
 import json
 
 import pytest
-import safetensors.torch
 import torch
 from helpers import pack_nibbles
 from specdec_kernels import quant
 from specdec_kernels.models import load_hf, load_model
 from specdec_kernels.models.llama import pair_rows
+
+MISSING = "{} (the 'models' extra) is not installed"
+safetensors_torch = pytest.importorskip("safetensors.torch", reason=MISSING.format("safetensors"))
+transformers = pytest.importorskip("transformers", reason=MISSING.format("transformers"))
 
 TOKENS = torch.tensor([[3, 17, 42, 5, 90, 23, 64, 11, 7, 80, 31, 2]])
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AWQ GEMM: column 8c + AWQ_ORDER[i] of a word in its bits 4i
@@ -19,8 +22,6 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 
 def tiny_model(model_type: str):
-    import transformers
-
     torch.manual_seed(0)
     shape = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500.0,
@@ -86,7 +87,7 @@ def write_checkpoint(path, model, method: str, group_size: int, v1: bool = False
         packed = packed_tensors(method, q, zeros, scales, group_size, v1)
         state.update({f"{name}.{kind}": t.contiguous() for kind, t in packed.items()})
         exact[name] = exact_weight(q, zeros, scales)
-    safetensors.torch.save_file(state, str(path / "model.safetensors"))
+    safetensors_torch.save_file(state, str(path / "model.safetensors"))
     config = model.config.to_dict()
     config["quantization_config"] = quantization_config(method, group_size, v1, sym)
     (path / "config.json").write_text(json.dumps(config))
@@ -174,7 +175,8 @@ def gptq_files(tmp_path_factory):
     """A GPTQ v2 Llama checkpoint's tensors and config.json, for the error cases to spoil."""
     path = tmp_path_factory.mktemp("gptq")
     write_checkpoint(path, tiny_model("llama"), "gptq", 32)
-    return safetensors.torch.load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text())
+    config = json.loads((path / "config.json").read_text())
+    return safetensors_torch.load_file(str(path / "model.safetensors")), config
 
 
 def load_spoiled(path, files, quantization: dict, tensors: dict, config: dict = None):
@@ -185,7 +187,7 @@ def load_spoiled(path, files, quantization: dict, tensors: dict, config: dict = 
     if not hf["quantization_config"]:
         del hf["quantization_config"]
     state = {k: v for k, v in {**state, **tensors}.items() if v is not None}
-    safetensors.torch.save_file(state, str(path / "model.safetensors"))
+    safetensors_torch.save_file(state, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(hf))
     return load_hf(str(path), group_size=None)
 
@@ -202,7 +204,7 @@ SPOILED = [  # (quantization_config changes, tensor changes, config changes, the
     ({"quant_method": "awq", "version": "gemv"}, {}, {}, "version 'gemv' is not supported"),
     ({"quant_method": "awq"}, {}, {}, "quantization_config has no 'version'"),
     ({"group_size": 16}, {}, {}, "layers.0.self_attn.q_proj: group_size 16 cannot be mapped"),
-    ({"desc_act": True}, {f"{Q_PROJ}.g_idx": torch.randperm(64, dtype=torch.int32) // 32}, {},
+    ({"desc_act": True}, {f"{Q_PROJ}.g_idx": torch.arange(63, -1, -1, dtype=torch.int32) // 32}, {},
      "layers.0.self_attn.q_proj: g_idx is not k // group_size: act-order"),
     ({"desc_act": True}, {f"{Q_PROJ}.g_idx": None}, {}, "tensor layers.0.self_attn.q_proj.g_idx is missing"),
     ({}, {"model.layers.1.self_attn.o_proj.qzeros": None}, {}, "tensor layers.1.self_attn.o_proj.qzeros is missing"),
