@@ -182,8 +182,8 @@ def gptq_files(tmp_path_factory):
 def load_spoiled(path, files, quantization: dict, tensors: dict, config: dict = None):
     """The checkpoint with quantization_config and tensors changed (a value None removes the entry)."""
     state, hf = files
-    hf = {**hf, **(config or {}), "quantization_config": {**hf["quantization_config"], **quantization}}
-    hf["quantization_config"] = {k: v for k, v in hf["quantization_config"].items() if v is not None}
+    fields = {k: v for k, v in {**hf["quantization_config"], **quantization}.items() if v is not None}
+    hf = {**hf, "quantization_config": fields, **(config or {})}
     if not hf["quantization_config"]:
         del hf["quantization_config"]
     state = {k: v for k, v in {**state, **tensors}.items() if v is not None}
@@ -207,7 +207,8 @@ SPOILED = [  # (quantization_config changes, tensor changes, config changes, the
     ({"desc_act": True}, {f"{Q_PROJ}.g_idx": torch.arange(63, -1, -1, dtype=torch.int32) // 32}, {},
      "layers.0.self_attn.q_proj: g_idx is not k // group_size: act-order"),
     ({"desc_act": True}, {f"{Q_PROJ}.g_idx": None}, {}, "tensor layers.0.self_attn.q_proj.g_idx is missing"),
-    ({}, {"model.layers.1.self_attn.o_proj.qzeros": None}, {}, "tensor layers.1.self_attn.o_proj.qzeros is missing"),
+    ({}, {"model.layers.1.self_attn.o_proj.qzeros": None}, {},
+     "tensor layers.1.self_attn.o_proj.qzeros is missing"),
     ({}, {"model.layers.0.mlp.down_proj.scales": torch.ones(1, 64, dtype=torch.float16)}, {},
      r"layers.0.mlp.down_proj: scales must be torch.float16 \[4, 64\], got torch.float16 \[1, 64\]"),
     ({}, {"model.layers.0.mlp.down_proj.scales": torch.ones(4, 64)}, {},
@@ -216,6 +217,7 @@ SPOILED = [  # (quantization_config changes, tensor changes, config changes, the
      r"layers.0.self_attn.q_proj: qweight must be torch.int32 \[8, 64\], got torch.int64"),
     ({}, {}, {"intermediate_size": 96}, r"layers.0.mlp.gate_proj: weight \[out, in\] must be \[96, 64\]"),
     (GPTQ_KEYS, {}, {}, "layers.0.self_attn.q_proj: .qweight tensors need a quantization_config"),
+    ({}, {}, {"quantization_config": "gptq"}, "quantization_config must be an object, got str"),
 ]
 
 
@@ -223,3 +225,10 @@ SPOILED = [  # (quantization_config changes, tensor changes, config changes, the
 def test_bad_quantized_checkpoints(tmp_path, gptq_files, quantization, tensors, config, error):
     with pytest.raises(ValueError, match=error):
         load_spoiled(tmp_path, gptq_files, quantization, tensors, config)
+
+
+def test_desc_act_with_groups_in_order_loads(tmp_path, gptq_files):
+    """desc_act with g_idx = k // G (static groups) is the plain layout: loaded, not refused."""
+    model = load_spoiled(tmp_path, gptq_files, {"desc_act": True}, {})
+    plain = load_spoiled(tmp_path, gptq_files, {}, {})
+    assert torch.equal(quant.dense_weight(model.blocks[0].wqkv), quant.dense_weight(plain.blocks[0].wqkv))

@@ -56,6 +56,8 @@ def packed_format(hf: dict) -> Optional[PackedFormat]:
     config = hf.get("quantization_config")
     if config is None:
         return None
+    if not isinstance(config, dict):
+        raise ValueError(f"quantization_config must be an object, got {type(config).__name__}")
 
     def required(name: str):
         if name not in config:
@@ -151,7 +153,8 @@ def paired(weight, heads: Optional[int]):
 def stack_rows(weights: list) -> QuantizedWeight:
     """One QuantizedWeight whose output rows are the parts' rows, in order (torch.cat promotes 16-bit scales and
     mins to float32 where one part has float32 ones: exact)."""
-    return QuantizedWeight(*(torch.cat([getattr(w, f) for w in weights]) for f in ROW_FIELDS), weights[0].group_size)
+    rows = (torch.cat([getattr(w, field) for w in weights]) for field in ROW_FIELDS)
+    return QuantizedWeight(*rows, weights[0].group_size)
 
 
 # ---------------------------------------------------------------- the model
@@ -165,7 +168,7 @@ def load_hf(path: str, group_size: Optional[int] = 128, max_seq_len: int = 2048)
     if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model type {hf.get('model_type')!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    config, fmt, tensors = _config(hf, max_seq_len), packed_format(hf), Checkpoint(path)
+    c, fmt, tensors = _config(hf, max_seq_len), packed_format(hf), Checkpoint(path)
 
     def linear(parts: list, in_features: int, heads=None) -> nn.Module:
         """The named projections stacked along the output dimension (parts: (name, out_features)), with their
@@ -185,7 +188,6 @@ def load_hf(path: str, group_size: Optional[int] = 128, max_seq_len: int = 2048)
             return W4A16Linear(stack_rows(weights), bias)
         return dense_linear(torch.cat(weights), bias, group_size)
 
-    c = config
     q_rows, kv_rows = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     blocks = []
     for i in range(c.n_layers):
