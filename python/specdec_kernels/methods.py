@@ -15,6 +15,7 @@ from .drafters import (
     EagleDrafter,
     LengthPredictor,
     NgramLookup,
+    RootOnly,
     default_head_path,
     default_predictor_path,
     load_predictor,
@@ -26,6 +27,7 @@ from .planner import Planner, StepCosts, step_costs
 
 METHODS = {
     "vanilla": "plain decoding, one token per target forward",
+    "pld": "prompt lookup alone (no draft head): each step verifies the lookup chain (drafters.ngram)",
     "chain": "the EAGLE head's chain (drafters.DEFAULT_CHAIN)",
     "eagle2": "EAGLE-2 dynamic trees (drafters.DEFAULT_TREE)",
     "chain-pld": "the head's chain with a prompt-lookup chain grafted in (drafters.ngram)",
@@ -38,6 +40,7 @@ METHODS = {
     "auto-pld": "the planner's tree with a prompt-lookup chain grafted in",
 }
 DEFAULT_METHOD = "chain-pld"  # the fastest measured on the embedded model (README, docs/performance.md)
+HEADLESS = ("vanilla", "pld")
 NEEDS_PREDICTOR = ("ada", "eagle2-ada", "ada-pld")
 PLANNED = ("auto", "auto-pld")
 
@@ -73,7 +76,7 @@ class Decoder:
         """A MissingPart error naming what `method` needs and this model lacks (nothing is loaded)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        if method != "vanilla" and self.head_path is None:
+        if method not in HEADLESS and self.head_path is None:
             raise MissingPart(f"no EAGLE head for {self.model_path} (method {method}): train one (python -m "
                               "specdec_kernels.train.eagle) and pass --head")
         if method in NEEDS_PREDICTOR and self.predictor_path is None:
@@ -121,6 +124,9 @@ class Decoder:
         self.check(method)
         if method == "vanilla":
             return generate(self.model, prompt_ids, max_new_tokens, **options)
+        if method == "pld":
+            return speculative_generate(self.model, RootOnly(), prompt_ids, max_new_tokens, shape=DraftShape.chain(0),
+                                        lookup=NgramLookup(), **options)
         if method == "hier":
             return hierarchical_generate(self.model, self.intermediate, self.drafter, prompt_ids, max_new_tokens,
                                          shape=self.tree, min_draft=self.min_draft, **options)

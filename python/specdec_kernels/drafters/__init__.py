@@ -1,7 +1,7 @@
 """Draft models that propose tokens for the target to verify: the protocol and draft shapes (base), the EAGLE
 head (eagle_head, its file: head_file), the drafter that runs it on the ops (eagle), EAGLE-2 tree growth
-(tree_growth) and prompt lookup (ngram)."""
-from .base import DEFAULT_CHAIN, DEFAULT_TREE, Drafter, DraftShape
+(tree_growth), prompt lookup (ngram) and RootOnly (prompt lookup alone)."""
+from .base import DEFAULT_CHAIN, DEFAULT_TREE, Drafter, DraftShape, RootOnly
 from .eagle import EagleDrafter
 from .eagle_head import EagleHead
 from .head_file import default_head_path, load_head, save_head
@@ -10,5 +10,5 @@ from .ngram import NgramLookup
 from .tree_growth import grow_tree, select_tree
 
 __all__ = ["DEFAULT_CHAIN", "DEFAULT_TREE", "DraftShape", "Drafter", "EagleDrafter", "EagleHead",
-           "LengthPredictor", "NgramLookup", "PredictorConfig", "default_head_path", "default_predictor_path", "grow_tree",
+           "LengthPredictor", "NgramLookup", "PredictorConfig", "RootOnly", "default_head_path", "default_predictor_path", "grow_tree",
            "load_head", "load_predictor", "save_head", "save_predictor", "select_tree"]

@@ -59,3 +59,22 @@ class Drafter(Protocol):
                   shape: DraftShape, growth=None) -> DraftTree:
         """A draft tree of at most shape.total_tokens nodes below root_token (node 0), its depth and size decided by
         `growth` (tree_growth.Growth) when given. Commits nothing."""
+
+
+class RootOnly:
+    """The drafter of no model: each step's tree is the root alone, so a step verifies only what a grafted
+    prompt-lookup chain adds (method pld; the root alone is a plain step)."""
+
+    def reset(self) -> None:
+        pass
+
+    def truncate(self, length: int) -> None:
+        pass
+
+    def extend(self, tokens: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return features[-1], torch.empty(0)  # no draft vocabulary: no log-probs
+
+    def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
+                  shape: DraftShape, growth=None) -> DraftTree:
+        return DraftTree(torch.tensor([[root_token]]), torch.tensor([[-1]]), values=[0.0])
+
