@@ -12,13 +12,14 @@ from specdec_kernels.cli.args import (
     top_p,
 )
 from specdec_kernels.decoding import ContextOverflow, check_sampling
-from specdec_kernels.engines.transformers import chat_prompt_ids, load_tokenizer
+from specdec_kernels.engines.transformers import load_tokenizer, user_prompt_ids
 from specdec_kernels.methods import DEFAULT_METHOD, METHODS, Decoder, MissingPart
 from specdec_kernels.models import RUNNER_X_DIGITS
 
 
 def add_arguments(parser):
-    parser.add_argument("prompt", help="the user's message (rendered with the model's chat template)")
+    parser.add_argument("prompt", help="the user's message, rendered with the model's chat template (a model without "
+                        "one, a base model, continues the raw text)")
     parser.add_argument("--model", type=model_path, help="a GGUF file or a Hugging Face checkpoint directory (default: the embedded SmolLM2-135M-Instruct Q4_1)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--temperature", type=non_negative_float, default=0.0)
@@ -45,7 +46,7 @@ def run(args):
     except (MissingPart, ValueError) as error:  # the command line's: a part, a setting or the file itself
         raise UsageError(str(error)) from None
     tokenizer = load_tokenizer(path)
-    prompt = chat_prompt_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+    prompt = user_prompt_ids(tokenizer, args.prompt)
     produced = []
 
     def stream(token):

@@ -33,3 +33,12 @@ def chat_prompt_ids(tokenizer, messages) -> list:
     """Token ids of a conversation rendered with the model's chat template, ready for the assistant's turn."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def user_prompt_ids(tokenizer, text: str) -> list:
+    """The ids `specdec generate` decodes from: the user's message rendered with the model's chat template, or,
+    for a model without one (a base model), the raw text with the tokenizer's own special tokens (BOS), as
+    transformers encodes a prompt."""
+    if tokenizer.chat_template is None:
+        return list(tokenizer.encode(text))
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
