@@ -76,7 +76,7 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), tiles = packed_qweight.size(0);
   const int dtype = dtype_code(x.scalar_type());
-  const int k_step = group_size == 32 ? 32 : 64;
+  const int k_step = group_size < 64 ? static_cast<int>(group_size) : 64;
   const bool use_tiles = tiles_allowed && M * digits > (weight_bits == 8 ? kVectorDigitRows8 : kVectorDigitRows4);
   // Digit rows (M * digits) in blocks of whole x rows, at most 16 tile rows (15 with 3 digits), the rows spread
   // evenly over the blocks (16 rows: 4 x 4, not 5 + 5 + 5 + 1); the vector kernel: one block.
@@ -110,7 +110,7 @@ at::Tensor gemm_int8(const at::Tensor& x_in, const at::Tensor& packed_qweight, c
 void check_packed_gemm(const at::Tensor& x, const at::Tensor& packed_qweight, const at::Tensor& packed_scales,
                        const at::Tensor& packed_mins, int64_t group_size, int64_t out_features, int64_t values_per_word,
                        const char* layout) {
-  check_group_size(group_size);
+  check_group_size(group_size, 32 / static_cast<int>(values_per_word));
   SPECDEC_CHECK_DIM(x, 2);
   const auto x_dtype = x.scalar_type();
   TORCH_CHECK_VALUE(x_dtype == at::kFloat || x_dtype == at::kBFloat16 || x_dtype == at::kHalf,

@@ -21,7 +21,7 @@
 // vectors, any M) cannot change a bit; rounding happens only in the fixed epilogue above.
 //
 // Tiles (8 registers): tmm0..3 = C (int32) for 4 weight tiles (64 output columns) x one row block;
-// tmm4/5 = A (alternating by k step); tmm6/7 = B. One k step is 64 k (32 when G = 32):
+// tmm4/5 = A (alternating by k step); tmm6/7 = B. One k step is 64 k (G when G < 64):
 //   A [rows][step bytes] int8 digits, row = x row * D + d;  B [step / 4][16 columns x 4 k] uint8 q;
 //   C [rows][16] int32.
 #include <immintrin.h>
@@ -459,8 +459,9 @@ void w4a16_gemm_tiles(const Int8Args& a, long begin, long end) {
   const auto run = [&](auto digits) {
     constexpr int D = decltype(digits)::value;
     if (a.use_tiles) return tile_kernel<D>(a, dq, scratch, begin, end);
-    const auto vector = [&](const auto& weights) {  // k steps of 32 (G = 32) or 64
+    const auto vector = [&](const auto& weights) {  // k steps of 16 (G = 16: 8-bit only), 32 (G = 32) or 64
       using W = std::decay_t<decltype(weights)>;
+      if (a.k_step == 16) return vector_tiles<D, 16, W>(a, weights, begin, end, scratch.y);
       a.k_step == 32 ? vector_tiles<D, 32, W>(a, weights, begin, end, scratch.y)
                      : vector_tiles<D, 64, W>(a, weights, begin, end, scratch.y);
     };

@@ -36,7 +36,7 @@ struct Int8Activations {
   int dtype;                      // DtypeCode
   int M, K, group_size;
   int digits, tile_rows;          // int8 digits per value; digit rows (x row * digits + d) per panel block
-  int k_step;                     // k per tile multiply: 64, or 32 when group_size is 32
+  int k_step;                     // k per tile multiply: 64, or the group size when it is smaller
 };
 
 struct Int8Args {

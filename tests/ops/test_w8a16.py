@@ -18,6 +18,8 @@ from specdec_kernels.quant import W8A16Linear
 
 W8_ISAS = isa_params(W4A16_ISAS)  # the same CPU paths: integer (AMX, VNNI) and float FMA (AVX-512, AVX2, portable)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# 8-bit weights also take groups of 16 (GGUF Q6_K): k steps of 16 on the integer paths
+W8_SAMPLES = SAMPLES + [(37, 48, 16, 1), (130, 640, 16, 5), (64, 2048, 16, 33)]
 
 
 def run_gemm(x, w):
@@ -30,7 +32,7 @@ def assert_close_to_reference(y, x, w):
 
 
 @pytest.mark.parametrize("isa", W8_ISAS)
-@pytest.mark.parametrize("n,k,group_size,m", SAMPLES)
+@pytest.mark.parametrize("n,k,group_size,m", W8_SAMPLES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_reference(isa, n, k, group_size, m, dtype):
     w, x = random_w8(n, k, group_size), torch.randn(m, k).to(dtype)
@@ -57,7 +59,7 @@ def test_batch_invariance_bitwise(isa, m, split, seed):
 
 @pytest.mark.skipif(not (isa_supported("amx") and isa_supported("avx512vnni")), reason="needs AMX and AVX512-VNNI")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [16, 32, 64, 128])
 def test_tile_and_vector_kernels_identical(dtype, group_size):
     """8-bit B tiles read in place (AMX) against the VPDPBUSD kernel."""
     assert_tiles_match_vector_kernel(run_gemm, random_w8(130, 512, group_size, seed=3), 512, dtype)

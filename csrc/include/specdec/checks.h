@@ -18,7 +18,14 @@
 
 namespace specdec {
 
-inline void check_group_size(int64_t group_size) {
+// 8-bit weights also take groups of 16 (GGUF Q6_K's sub-blocks, docs/design.md 3.4); on the CPU only, the one
+// backend with w8a16_gemm.
+inline void check_group_size(int64_t group_size, int weight_bits = 4) {
+  if (weight_bits == 8) {
+    TORCH_CHECK_VALUE(group_size == 16 || group_size == 32 || group_size == 64 || group_size == 128,
+                      "group_size of 8-bit weights must be 16, 32, 64 or 128, got ", group_size);
+    return;
+  }
   TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128,
               "group_size must be 32, 64 or 128, got ", group_size);
 }
@@ -32,7 +39,7 @@ inline void check_x_digits(int64_t x_digits) {
 // same with one byte per weight, qweight uint8 [N, K] (values_per_byte 1).
 inline void check_canonical_quantized(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& mins,
                                       int64_t group_size, int64_t values_per_byte) {
-  check_group_size(group_size);
+  check_group_size(group_size, 8 / static_cast<int>(values_per_byte));
   SPECDEC_CHECK_DIM(qweight, 2);
   SPECDEC_CHECK_DTYPE(qweight, at::kByte);
   SPECDEC_CHECK_DIM(scales, 2);

@@ -1,23 +1,20 @@
-"""Load a Llama-family GGUF file (llama, qwen2) into the runner: Q4_0/Q4_1 straight into W4A16 layers (exact),
-Q8_0 matrices as exact 8-bit layers, F32/F16 as they are — or, by option, every such non-4-bit matrix
-RTN-quantized to 4 bits."""
+"""Load a Llama-family GGUF file (llama, qwen2) into the runner: block-quantized matrices exact (4-bit types as W4A16
+layers, wider ones as 8-bit layers; quant.gguf_blocks), F32/F16 as they are — or, by option, every non-4-bit
+matrix RTN-quantized to 4 bits."""
 import importlib.util
 import math
 import os
 from dataclasses import replace
+from functools import partial
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from specdec_kernels.quant import (
-    QuantizedWeight,
-    W4A16Linear,
-    W8A16Linear,
-    dense_linear,
-    gguf_q4_to_canonical,
-)
+from specdec_kernels.quant import QuantizedWeight, W4A16Linear, W8A16Linear, dense_linear
+from specdec_kernels.quant.gguf_blocks import BLOCK_TYPES, decode, dequantize, finite, stack_rows
+from specdec_kernels.reference import pack_int4
 
 from .llama import Block, ModelConfig, Transformer, pair_rows
 
@@ -26,10 +23,10 @@ HALF_ROTATING = ("qwen2",)  # GGUF keeps these in the rotate-halves RoPE layout 
 # Runner layers and the GGUF tensors stacked (along the output dimension) into each.
 BLOCK_TENSORS = {"wqkv": ("attn_q", "attn_k", "attn_v"), "wo": ("attn_output",), "w_gate_up": ("ffn_gate", "ffn_up"),
                  "w_down": ("ffn_down",)}
-# Metadata value types read as each Python type (_field), and the tensor types dense() dequantizes.
+# Metadata value types read as each Python type (_field), and the tensor types kept as floats.
 INTEGER_TYPES = ("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64")
 VALUE_TYPES = {str: ("STRING",), int: INTEGER_TYPES, float: INTEGER_TYPES + ("FLOAT32", "FLOAT64")}
-DENSE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")  # what dense() is asked to dequantize
+FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 def embedded_model_path() -> str:
@@ -40,38 +37,24 @@ def embedded_model_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def finite(name: str, values: torch.Tensor) -> torch.Tensor:
-    """values, unless one is NaN or infinite (a damaged file): then a ValueError naming the tensor."""
-    if not torch.isfinite(values).all():
-        raise ValueError(f"tensor {name} holds NaN or infinite values")
-    return values
-
-
-def q8_0_linear(tensor, bias: Optional[torch.Tensor]) -> W8A16Linear:
-    """Q8_0 rows (block: fp16 d, 32 int8 q) as an exact 8-bit layer: W = d q = d (q + 128) - 128 d."""
-    raw = np.asarray(tensor.data)
-    n = raw.shape[0]
-    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, 34)
-    d = finite(tensor.name, blocks[..., :2].contiguous().view(torch.float16)[..., 0])
-    biased = (blocks[..., 2:].contiguous().view(torch.int8).int() + 128).to(torch.uint8).reshape(n, -1)
-    return W8A16Linear(biased, d, -128 * d, 32, bias)
-
-
 def dense(tensor) -> torch.Tensor:
     """A GGUF tensor as float32 values (its GGUF shape reversed: rows first)."""
     import gguf
 
-    if tensor.tensor_type.name not in DENSE_TYPES:
-        raise ValueError(f"tensor {tensor.name}: type {tensor.tensor_type.name} is not supported here "
-                         f"({', '.join(DENSE_TYPES)})")
+    kind = tensor.tensor_type.name
+    if kind in BLOCK_TYPES:
+        return dequantize(decode(tensor.data, kind, tensor.name)).reshape(tuple(int(d) for d in reversed(tensor.shape)))
+    supported_type(tensor)
     values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     return finite(tensor.name, torch.from_numpy(np.array(values, dtype=np.float32, copy=True)))
 
 
-def stack_rows(parts: list) -> QuantizedWeight:
-    """One QuantizedWeight whose output rows are the parts' rows, in order."""
-    return QuantizedWeight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("qweight", "scales", "mins")),
-                           parts[0].group_size)
+def supported_type(tensor) -> None:
+    """A ValueError naming the tensor and its type unless this loader reads that type."""
+    kind = tensor.tensor_type.name
+    if kind not in BLOCK_TYPES and kind not in FLOAT_TYPES:
+        raise ValueError(f"tensor {tensor.name}: type {kind} is not supported "
+                         f"({', '.join((*BLOCK_TYPES, *FLOAT_TYPES))})")
 
 
 def reorder(rows: torch.Tensor, heads: Optional[int]) -> torch.Tensor:
@@ -83,25 +66,26 @@ def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Option
                 dense_group_size: Optional[int] = None) -> nn.Module:
     """A layer computing the given GGUF tensors stacked along the output dimension, plus their biases (None:
     none). pair_heads[i] = n: tensor i is a rotate-halves q/k projection of n heads, reordered by pair_rows.
-    Non-4-bit matrices stay exact unless dense_group_size asks for RTN quantization."""
+    Block-quantized stacks stay exact (docs/design.md 3.1, 3.4): all 4-bit as one W4A16 layer, any wider as one
+    8-bit layer (4-bit q are valid 8-bit q). dense_group_size: RTN-quantize the non-4-bit ones to 4 bits instead."""
     pair_heads = pair_heads or [None] * len(tensors)
     bias = None if biases is None else torch.cat([reorder(dense(b), n) for b, n in zip(biases, pair_heads)])
+    for t in tensors:
+        supported_type(t)
     kinds = {t.tensor_type.name for t in tensors}
-    kind = kinds.pop() if len(kinds) == 1 else "mixed"
-    if kind in ("Q4_0", "Q4_1"):
-        parts = [gguf_q4_to_canonical(np.asarray(t.data), kind) for t in tensors]
-        for t, p in zip(tensors, parts):
-            finite(t.name, torch.cat([p.scales, p.mins]))
-        parts = [QuantizedWeight(*(reorder(getattr(p, name), n) for name in ("qweight", "scales", "mins")),
-                                 p.group_size) for p, n in zip(parts, pair_heads)]  # exact: rows are independent
-        return W4A16Linear(stack_rows(parts), bias)
-    if kind == "Q8_0" and len(tensors) == 1 and dense_group_size is None and pair_heads[0] is None:
-        return q8_0_linear(tensors[0], bias)
-    if kind in ("F32", "F16", "BF16", "Q8_0"):
+    if kinds <= set(FLOAT_TYPES):
         return dense_linear(torch.cat([reorder(dense(t), n) for t, n in zip(tensors, pair_heads)]), bias,
                             dense_group_size)
-    names = ", ".join(t.name for t in tensors)
-    raise ValueError(f"{names}: quantization type {kind} is not supported (Q4_0, Q4_1, Q8_0, F16, F32)")
+    if not kinds <= set(BLOCK_TYPES):
+        raise ValueError(f"{', '.join(t.name for t in tensors)}: float and block-quantized matrices ({', '.join(sorted(kinds))}) "
+                         "cannot share a layer")
+    w = stack_rows([decode(t.data, t.tensor_type.name, t.name).rows(partial(reorder, heads=n))
+                    for t, n in zip(tensors, pair_heads)])  # exact: rows are independent
+    if w.bits <= 4:
+        return W4A16Linear(QuantizedWeight(pack_int4(w.q), w.scales, w.mins, w.group_size), bias)
+    if dense_group_size is None:
+        return W8A16Linear(w.q, w.scales, w.mins, w.group_size, bias)
+    return dense_linear(dequantize(w), bias, dense_group_size)
 
 
 # ---------------------------------------------------------------- checks of a well-formed file's contents

@@ -9,7 +9,7 @@ from torch import nn
 from specdec_kernels import ops
 from specdec_kernels.reference import dequantize_w8, pack_int4
 
-from .formats import QuantizedWeight, dequantize, quantize_rtn
+from .formats import GROUP_SIZES, QuantizedWeight, dequantize, quantize_rtn
 
 # Counts changes to what fused forms of a model read from its packed layers (the prepacked tensors, x_digits)
 # and from its blocks (models.llama's C++ DecoderStack): it remakes itself when the count has moved.
@@ -147,6 +147,8 @@ class W8A16Linear(PackedLayer):
         if ops.w8a16_supported(self.qweight.device):
             self.packed = ops.w8a16_prepack(self.qweight, self.scales, self.mins, self.group_size)
             return
+        if self.group_size not in GROUP_SIZES:  # groups of 16 (GGUF Q6_K) exist only in w8a16_gemm
+            raise ValueError(f"8-bit weights in groups of {self.group_size} run on the CPU only (w8a16_gemm)")
         q, s = self.qweight, self.scales
         hi = QuantizedWeight(pack_int4(q >> 4), 16 * s, self.mins, self.group_size)
         lo = QuantizedWeight(pack_int4(q & 15), s, torch.zeros_like(s), self.group_size)
