@@ -12,9 +12,10 @@ from specdec_kernels.cli.args import (
     top_p,
 )
 from specdec_kernels.decoding import ContextOverflow, check_sampling
-from specdec_kernels.engines.transformers import load_tokenizer, user_prompt_ids
+from specdec_kernels.engines.transformers import user_prompt_ids
 from specdec_kernels.methods import DEFAULT_METHOD, METHODS, Decoder, MissingPart
 from specdec_kernels.models import RUNNER_X_DIGITS
+from specdec_kernels.models.tokenizer import load_chat_tokenizer
 
 
 def add_arguments(parser):
@@ -45,7 +46,7 @@ def run(args):
         decoder.model  # loaded before the tokenizer: a damaged or unsupported file is a ValueError naming it
     except (MissingPart, ValueError) as error:  # the command line's: a part, a setting or the file itself
         raise UsageError(str(error)) from None
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_chat_tokenizer(path)  # cached: no transformers on the way to the first token
     prompt = user_prompt_ids(tokenizer, args.prompt)
     produced = []
 

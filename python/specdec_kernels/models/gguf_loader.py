@@ -143,17 +143,24 @@ def shaped(tensors: dict, name: str, shape: tuple, required: bool = True):
 
 
 # ---------------------------------------------------------------- loading
-def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int] = None) -> Transformer:
+def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int] = None,
+              cache: bool = True) -> Transformer:
     """dense_group_size: RTN-quantize the file's non-4-bit matrices (Q8_0, F16, F32) in groups of this size
     instead of keeping them exact (Q8_0 in 8 bits, floats dense). A file that is not a model this runner can
-    build is a ValueError naming it and the fault (a missing file: FileNotFoundError)."""
+    build is a ValueError naming it and the fault (a missing file: FileNotFoundError). cache: keep the built
+    model in the user's cache folder and map it from there the next time (models.load_cache)."""
     from specdec_kernels.quant.gguf_check import read_gguf
 
-    reader = read_gguf(path)
-    try:
-        return model_from(reader, max_seq_len, dense_group_size)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+    from .load_cache import cached_model
+
+    def build():
+        reader = read_gguf(path)
+        try:
+            return model_from(reader, max_seq_len, dense_group_size)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    return cached_model(path, build, max_seq_len=max_seq_len, dense_group_size=dense_group_size) if cache else build()
 
 
 def model_from(reader, max_seq_len: int, dense_group_size: Optional[int]) -> Transformer:
