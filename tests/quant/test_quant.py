@@ -132,7 +132,7 @@ def test_from_gguf_errors(tmp_path):
     import gguf
 
     _write_gguf(path, "w", w, gguf.GGMLQuantizationType.F32)
-    with pytest.raises(ValueError, match="reads Q4_0 and Q4_1"):
+    with pytest.raises(ValueError, match="from_gguf reads Q4_0, Q4_1, Q4_K tensors"):
         quant.from_gguf(path, "w")
     with pytest.raises(KeyError, match="not found"):
         quant.from_gguf(path, "missing")

@@ -12,9 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from specdec_kernels.quant import QuantizedWeight, W4A16Linear, W8A16Linear, dense_linear
-from specdec_kernels.quant.gguf_blocks import BLOCK_TYPES, decode, dequantize, finite, stack_rows
-from specdec_kernels.reference import pack_int4
+from specdec_kernels.quant import W4A16Linear, W8A16Linear, dense_linear
+from specdec_kernels.quant.gguf_blocks import (
+    BLOCK_TYPES,
+    decode,
+    dequantize,
+    finite,
+    stack_rows,
+    to_canonical,
+)
 
 from .llama import Block, ModelConfig, Transformer, pair_rows
 
@@ -43,7 +49,8 @@ def dense(tensor) -> torch.Tensor:
 
     kind = tensor.tensor_type.name
     if kind in BLOCK_TYPES:
-        return dequantize(decode(tensor.data, kind, tensor.name)).reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        rows_first = tuple(int(d) for d in reversed(tensor.shape))
+        return dequantize(decode(tensor.data, kind, tensor.name)).reshape(rows_first)
     supported_type(tensor)
     values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     return finite(tensor.name, torch.from_numpy(np.array(values, dtype=np.float32, copy=True)))
@@ -77,12 +84,12 @@ def linear_from(tensors: list, biases: Optional[list] = None, pair_heads: Option
         return dense_linear(torch.cat([reorder(dense(t), n) for t, n in zip(tensors, pair_heads)]), bias,
                             dense_group_size)
     if not kinds <= set(BLOCK_TYPES):
-        raise ValueError(f"{', '.join(t.name for t in tensors)}: float and block-quantized matrices ({', '.join(sorted(kinds))}) "
-                         "cannot share a layer")
+        names = ", ".join(t.name for t in tensors)
+        raise ValueError(f"{names}: float and block-quantized types ({', '.join(sorted(kinds))}) cannot share a layer")
     w = stack_rows([decode(t.data, t.tensor_type.name, t.name).rows(partial(reorder, heads=n))
                     for t, n in zip(tensors, pair_heads)])  # exact: rows are independent
     if w.bits <= 4:
-        return W4A16Linear(QuantizedWeight(pack_int4(w.q), w.scales, w.mins, w.group_size), bias)
+        return W4A16Linear(to_canonical(w), bias)
     if dense_group_size is None:
         return W8A16Linear(w.q, w.scales, w.mins, w.group_size, bias)
     return dense_linear(dequantize(w), bias, dense_group_size)

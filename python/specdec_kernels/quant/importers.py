@@ -1,13 +1,14 @@
-"""Exact importers into the canonical form: GGUF Q4_0/Q4_1 blocks, GPTQ and AWQ packed checkpoints. Nothing is
-requantized: each format's integers and scales map onto W = scales * q + mins as they are."""
+"""Exact importers into the canonical form: GGUF 4-bit tensors (decoded by quant.gguf_blocks), GPTQ and AWQ
+packed checkpoints. Nothing is requantized: each format's integers and scales map onto W = scales * q + mins as
+they are."""
 from typing import Optional
 
-import numpy as np
 import torch
 
 from specdec_kernels.reference import pack_int4
 
 from .formats import GROUP_SIZES, QuantizedWeight
+from .gguf_blocks import FOUR_BIT_TYPES, decode, to_canonical
 
 
 # ---------------------------------------------------------------- GGUF
@@ -20,29 +21,13 @@ def _gguf_tensor(path: str, tensor_name: str):
     raise KeyError(f"tensor {tensor_name!r} not found in {path}")
 
 
-def gguf_q4_to_canonical(raw: np.ndarray, qtype_name: str) -> QuantizedWeight:
-    """Raw GGUF Q4_0/Q4_1 rows (uint8 [N, blocks * block_bytes]) -> the canonical form, exactly.
-
-    Q4_1 block: fp16 d, fp16 m, 16 bytes; Q4_0 block: fp16 d, 16 bytes (value = d * (q - 8)).
-    Element j < 16 of a block is the low nibble of byte j, element j + 16 its high nibble.
-    """
-    header = {"Q4_0": 2, "Q4_1": 4}[qtype_name]
-    n = raw.shape[0]
-    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, -1, header + 16)
-    d = blocks[..., 0:2].contiguous().view(torch.float16)[..., 0]
-    mins = blocks[..., 2:4].contiguous().view(torch.float16)[..., 0] if qtype_name == "Q4_1" else -8 * d
-    qs = blocks[..., header:]
-    q = torch.cat([qs & 0x0F, qs >> 4], dim=-1).reshape(n, -1)  # block element order
-    return QuantizedWeight(pack_int4(q), d.clone(), mins.clone(), 32)
-
-
 def from_gguf(path: str, tensor_name: str) -> QuantizedWeight:
-    """Read a Q4_0 or Q4_1 tensor of a GGUF file, keeping its quantization exactly (G = 32)."""
+    """Read a 4-bit tensor (Q4_0, Q4_1, Q4_K) of a GGUF file, keeping its quantization exactly (G = 32)."""
     tensor = _gguf_tensor(path, tensor_name)
     qtype = tensor.tensor_type.name
-    if qtype not in ("Q4_0", "Q4_1"):
-        raise ValueError(f"{tensor_name} is {qtype}; from_gguf reads Q4_0 and Q4_1 tensors")
-    return gguf_q4_to_canonical(np.asarray(tensor.data), qtype)
+    if qtype not in FOUR_BIT_TYPES:
+        raise ValueError(f"{tensor_name} is {qtype}; from_gguf reads {', '.join(FOUR_BIT_TYPES)} tensors")
+    return to_canonical(decode(tensor.data, qtype, tensor_name))
 
 
 # ---------------------------------------------------------------- GPTQ / AWQ
