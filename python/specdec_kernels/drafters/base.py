@@ -77,4 +77,3 @@ class RootOnly:
     def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
                   shape: DraftShape, growth=None) -> DraftTree:
         return DraftTree(torch.tensor([[root_token]]), torch.tensor([[-1]]), values=[0.0])
-

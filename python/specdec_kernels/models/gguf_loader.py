@@ -24,7 +24,7 @@ from specdec_kernels.quant.gguf_blocks import (
 
 from .llama import Block, ModelConfig, Transformer, pair_rows
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 HALF_ROTATING = ("qwen2",)  # GGUF keeps these in the rotate-halves RoPE layout (llama.cpp's "neox")
 # Runner layers and the GGUF tensors stacked (along the output dimension) into each.
 BLOCK_TENSORS = {"wqkv": ("attn_q", "attn_k", "attn_v"), "wo": ("attn_output",), "w_gate_up": ("ffn_gate", "ffn_up"),
@@ -174,6 +174,10 @@ def model_from(reader, max_seq_len: int, dense_group_size: Optional[int]) -> Tra
     arch = _field(reader, "general.architecture", str)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if arch == "gemma3":  # its own block and mapping (models.gemma3_gguf)
+        from .gemma3_gguf import gemma3_from
+
+        return gemma3_from(reader, max_seq_len, dense_group_size)
     tensors = {t.name: t for t in reader.tensors}
     scaling = _field(reader, f"{arch}.rope.scaling.type", str, "none")
     if scaling not in ("none", "llama3"):

@@ -166,8 +166,16 @@ class Transformer(nn.Module):
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.cache_lens = torch.zeros(batch, dtype=torch.int32)
         self.layer_caches = list(zip(self.k_cache.unbind(0), self.v_cache.unbind(0)))  # views, made once
-        self.rope = rope_cos_sin(c, self.max_seq_len)  # positions of new tokens are < max_seq_len
+        self.rope = self.rope_tables(self.max_seq_len)  # positions of new tokens are < max_seq_len
         self._steps = torch.arange(self.max_seq_len)  # offsets of the new tokens from cache_lens
+
+    def rope_tables(self, n_positions: int):
+        """What each block's forward takes as `rope`: here the (cos, sin) tables of positions < n_positions."""
+        return rope_cos_sin(self.config, n_positions)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [N] -> the first block's input [N, dim]."""
+        return self.embedding[tokens]
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 tree_mask: Optional[torch.Tensor] = None, logits_to_keep: int = 0):
@@ -183,7 +191,7 @@ class Transformer(nn.Module):
             positions = self.cache_lens[:, None] + self._steps[:t]  # int32 + int64 -> int64
         else:
             positions = positions.long()
-        x, pending = self.embedding[tokens.reshape(-1)], None
+        x, pending = self.embed(tokens.reshape(-1)), None
         stack = None if torch.compiler.is_compiling() else self._decoder_stack()  # traced: the ops one by one
         if stack is not None:
             x, pending = stack.forward(x, positions, *self.rope, self.k_cache, self.v_cache, self.cache_lens, tree_mask)
