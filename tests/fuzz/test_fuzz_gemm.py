@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from specdec_kernels import ops, reference
 
-GROUP_SIZES = [32, 64, 128]
+GROUP_SIZES = {4: [32, 64, 128], 8: [16, 32, 64, 128]}  # 8-bit weights also in groups of 16 (GGUF Q6_K)
 INT8_PATHS = ("amx", "avx512vnni")  # they round x to x_digits digits (reference.round_x_digits)
 OPS = {4: (ops.w4a16_prepack, ops.w4a16_gemm, reference.w4a16_matmul),
        8: (ops.w8a16_prepack, ops.w8a16_gemm, reference.w8a16_matmul)}
@@ -22,7 +22,7 @@ OPS = {4: (ops.w4a16_prepack, ops.w4a16_gemm, reference.w4a16_matmul),
 def gemm_cases(draw, bits):
     """(device, prepack's arguments, gemm's arguments but the packed weights)."""
     device = draw(devices(cuda_kernels=bits == 4))
-    group_size = draw(st.sampled_from(GROUP_SIZES))
+    group_size = draw(st.sampled_from(GROUP_SIZES[bits]))
     n = draw(st.one_of(st.integers(1, 130), st.sampled_from([16, 63, 64, 65, 128, 129])))
     k, m = group_size * draw(st.integers(1, 4)), draw(st.integers(0, 20))
     dtype = draw(st.sampled_from(ACTIVATION_DTYPES if device == "cpu" else [torch.float16, torch.bfloat16]))
@@ -53,7 +53,7 @@ def padded_n(args):
 
 
 PREPACK_CORRUPTIONS = [
-    wrong_value("group_size", "unsupported", lambda draw, a: draw(st.sampled_from([0, -32, 16, 48, 96, 256]))),
+    wrong_value("group_size", "unsupported", lambda draw, a: draw(st.sampled_from([0, -32, 8, 48, 96, 256]))),
     wrong_size("qweight", 1, names=("group_size", "scales")),  # K no longer matches scales (or G)
     wrong_dtype("qweight", [torch.int8, torch.int32, torch.float32]),
     wrong_rank("qweight"),
@@ -67,7 +67,7 @@ PREPACK_CORRUPTIONS = [
 ]
 GEMM_CORRUPTIONS = [
     wrong_value("group_size", "not the prepack's",
-                lambda draw, a: draw(st.sampled_from([0, 16, 256] + [g for g in GROUP_SIZES if g != a["group_size"]])),
+                lambda draw, a: draw(st.sampled_from([g for g in (0, 16, 32, 64, 128, 256) if g != a["group_size"]])),
                 names=("group_size", "packed_scales")),
     wrong_dtype("x", [torch.float64, torch.int32, torch.uint8]),
     wrong_rank("x"),

@@ -92,7 +92,7 @@ def test_linear_bias_and_shapes():
         W8A16Linear(w[0].int(), *w[1:])
 
 
-@pytest.mark.parametrize("n,k,group_size,m", SAMPLES[:3])
+@pytest.mark.parametrize("n,k,group_size,m", [*SAMPLES[:3], W8_SAMPLES[-3]])
 def test_opcheck(n, k, group_size, m):
     qweight, scales, mins, _ = random_w8(n, k, group_size)
     torch.library.opcheck(torch.ops.specdec.w8a16_prepack, (qweight, scales, mins, group_size))
@@ -113,3 +113,14 @@ def test_rejects_a_4_bit_layout_and_bad_shapes():
     with pytest.raises(ValueError, match="out_features"):
         ops.w8a16_gemm(torch.randn(2, 128), *packed, g, 100)
     assert ops.w8a16_gemm(torch.randn(0, 128), *packed, g, 32).shape == (0, 32)
+
+
+def test_groups_of_16_are_8_bit_on_the_cpu_only(monkeypatch):
+    """Groups of 16 (GGUF Q6_K) exist for 8-bit weights on the CPU only: 4-bit weights and the 4-bit planes that
+    stand for 8-bit weights off the CPU refuse them."""
+    qweight, scales, mins, _ = random_w8(32, 64, 16)
+    with pytest.raises(ValueError, match="group_size must be 32, 64 or 128, got 16"):
+        ops.w4a16_prepack(qweight[:, :32].contiguous(), scales, mins, 16)
+    monkeypatch.setattr(ops, "w8a16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="groups of 16 run on the CPU only"):
+        W8A16Linear(qweight, scales, mins, 16)
