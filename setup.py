@@ -50,7 +50,15 @@ def extension():
     )
 
 
+def requirements():
+    # The extension links against this torch's C++ ABI, which changes between minor releases: what is built here
+    # runs with this torch X.Y only (any patch release). The optional packages are extras (pyproject.toml).
+    major_minor = ".".join(torch.__version__.split(".")[:2])
+    return [f"torch=={major_minor}.*", "numpy"]
+
+
 setup(
+    install_requires=requirements(),
     packages=find_packages("python"),
     package_dir={"": "python"},
     ext_modules=[extension()],

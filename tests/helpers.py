@@ -2,8 +2,6 @@
 goodness-of-fit statistics and the op inputs more than one backend's tests build. Each test folder imports it
 as `helpers` (pytest's pythonpath holds tests/)."""
 import math
-import os
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -37,18 +35,7 @@ W4A16_ISAS = ("amx", "avx512vnni") + ISAS  # W4A16 also has int8 dot-product pat
 ATTENTION_ISAS = ("amx",) + ISAS  # tree attention also has AMX-BF16 tiles
 
 
-@contextmanager
-def cpu_isa(name: str):
-    """Force a CPU kernel path for the duration (the kernels read SPECDEC_CPU_ISA on every call)."""
-    old = os.environ.get("SPECDEC_CPU_ISA")
-    os.environ["SPECDEC_CPU_ISA"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SPECDEC_CPU_ISA"]
-        else:
-            os.environ["SPECDEC_CPU_ISA"] = old
+cpu_isa = ops.cpu_path  # force a CPU kernel path for the duration
 
 
 def isa_supported(name: str) -> bool:

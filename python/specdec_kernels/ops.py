@@ -3,11 +3,31 @@
 The fake kernels exist so that every op traces under torch.compile and passes
 torch.library.opcheck: they compute output shapes/dtypes without touching data.
 """
+import os
+from contextlib import contextmanager
+
 import torch
 
 from . import _C
 
 _ops = torch.ops.specdec
+
+CPU_PATHS = ("amx", "avx512vnni", "avx512", "avx2", "generic")  # include/specdec/cpu_isa.h, best first
+
+
+@contextmanager
+def cpu_path(name: str):
+    """The CPU kernels take path `name` for the duration: they read SPECDEC_CPU_ISA on every call, and refuse a
+    path this CPU lacks at the first (RuntimeError). The empty name means the detected path."""
+    before = os.environ.get("SPECDEC_CPU_ISA")
+    os.environ["SPECDEC_CPU_ISA"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPECDEC_CPU_ISA"]
+        else:
+            os.environ["SPECDEC_CPU_ISA"] = before
 
 
 def _entry(name: str):

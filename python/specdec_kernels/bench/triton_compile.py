@@ -14,8 +14,7 @@ STRIDES_ATTENTION = ["stride_qb", "stride_qt", "stride_qh", "stride_kb", "stride
 
 def _cases():
     """(kernel, pointer/scalar types by argument, constexprs, num_warps) for each compiled variant."""
-    with optional_imports():  # needs triton: imported on use
-        from specdec_kernels.triton import kv_compact, tree_attention, tree_verify, w4a16
+    from specdec_kernels.triton import kv_compact, tree_attention, tree_verify, w4a16  # needs triton: on use
 
     tree = dict(tokens_ptr="*i64", parents_ptr="*i64", idx_ptr="*i64", len_ptr="*i64", bonus_ptr="*i64", T="i32",
                 V="i32")

@@ -1,22 +1,26 @@
-"""The `specdec` console script: `specdec generate ...`, `specdec plan` and `specdec bench <name> ...`.
+"""The `specdec` console script: `specdec generate ...`, `specdec plan`, `specdec info` and `specdec bench <name> ...`.
 
 Each subcommand lives in its own module exposing add_arguments(parser) and run(args); they are
 imported only when used, so `specdec bench w4a16` never pays for transformers.
 
 A mistake in the command line (a missing model file, a negative temperature) is reported as one line naming it,
-exit status 2: at parsing, by the argument types of cli/args.py, or later as a UsageError. Ctrl-C exits 130, a closed
-output pipe 1, both without a traceback. Anything else keeps its traceback: it is a bug.
+exit status 2: at parsing, by the argument types of cli/args.py, or later as a UsageError; so is an optional package
+the command needs and lacks (a MissingExtra names the extra to install). Ctrl-C exits 130, a closed output pipe 1,
+both without a traceback. Anything else keeps its traceback: it is a bug.
 """
 import argparse
 import importlib
 import os
 import sys
 
+from specdec_kernels.extras import MissingExtra
+
 from .args import UsageError
 
 COMMANDS = {
     "generate": "specdec_kernels.cli.generate",
     "plan": "specdec_kernels.cli.plan",
+    "info": "specdec_kernels.cli.info",
 }
 BENCHES = {
     "w4a16": "specdec_kernels.bench.w4a16",
@@ -64,7 +68,7 @@ def main(argv=None):
     try:
         args = _parse(argv)
         return args.run(args)
-    except UsageError as err:
+    except (UsageError, MissingExtra) as err:
         print(f"specdec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

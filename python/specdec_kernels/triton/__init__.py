@@ -9,8 +9,6 @@ on first use. The tree ops take the arguments of their torch.ops.specdec schemas
 """
 import importlib
 
-from specdec_kernels.extras import optional_imports
-
 _ENTRY_POINTS = {
     "w4a16_matmul": "w4a16",  # canonical weights
     "w4a16_prepack": "w4a16",  # the ops.w4a16_prepack / w4a16_gemm pair
@@ -25,7 +23,5 @@ __all__ = list(_ENTRY_POINTS)
 
 def __getattr__(name: str):
     if name in _ENTRY_POINTS:
-        with optional_imports():  # without triton: an error naming the [triton] extra
-            module = importlib.import_module(f"{__name__}.{_ENTRY_POINTS[name]}")
-        return getattr(module, name)
+        return getattr(importlib.import_module(f"{__name__}.{_ENTRY_POINTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

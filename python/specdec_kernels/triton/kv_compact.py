@@ -5,10 +5,13 @@ the source of an earlier one: the moves of a row run in path order inside one pr
 moves. Programs split the [H * D] features of each (layer, batch row) entry: they never share an element.
 """
 import torch
-import triton
-import triton.language as tl
 
+from specdec_kernels.extras import optional_imports
 from specdec_kernels.triton.checks import check_kv_compact_args
+
+with optional_imports():
+    import triton
+    import triton.language as tl
 
 
 @triton.jit

@@ -7,10 +7,13 @@ the mask. Short trees over long caches have few programs, so the cache phase is 
 NUM_SPLITS programs (flash-decoding); their (max, sum, output) partials are merged by _merge_kernel.
 """
 import torch
-import triton
-import triton.language as tl
 
+from specdec_kernels.extras import optional_imports
 from specdec_kernels.triton.checks import check_tree_attention_args
+
+with optional_imports():
+    import triton
+    import triton.language as tl
 
 
 @triton.jit

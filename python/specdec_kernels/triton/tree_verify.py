@@ -8,10 +8,13 @@ the row per step, instead of a sort. The row is written and read by different th
 orders those accesses within the program.
 """
 import torch
-import triton
-import triton.language as tl
 
+from specdec_kernels.extras import optional_imports
 from specdec_kernels.triton.checks import check_logits, check_sampling_args, check_tree
+
+with optional_imports():
+    import triton
+    import triton.language as tl
 
 _BLOCK_V = 2048
 

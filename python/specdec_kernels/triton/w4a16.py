@@ -10,10 +10,13 @@ import os
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
+from specdec_kernels.extras import optional_imports
 from specdec_kernels.quant import GROUP_SIZES
+
+with optional_imports():
+    import triton
+    import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
