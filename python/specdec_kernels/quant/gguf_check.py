@@ -110,20 +110,21 @@ def read_gguf(path: str) -> gguf.GGUFReader:
     return gguf.GGUFReader(path)
 
 
-def check_gguf(path: str) -> None:
+def check_gguf(path: str) -> tuple:
     """ValueError naming `path` and the fault unless its header is well-formed and every tensor it lists lies,
-    aligned, inside the file's data section."""
+    aligned, inside the file's data section. Returns the data section's start and the tensors' (name, dims,
+    type id, offset): a tensor table without parsing the metadata's values."""
     try:
         size = os.path.getsize(path)
         if size == 0:  # mmap cannot map an empty file
             raise ValueError(f"{path} is not a readable GGUF file: it is empty")
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-            check_header(HeaderWalk(path, buffer, size))
+            return check_header(HeaderWalk(path, buffer, size))
     except OSError as err:  # unreadable: a directory, no permission
         raise ValueError(f"{path} is not a readable GGUF file: {err.strerror or err}") from err
 
 
-def check_header(walk: HeaderWalk) -> None:
+def check_header(walk: HeaderWalk) -> tuple:
     magic = walk.read(4, "the magic")
     if magic != b"GGUF":
         raise walk.fail(f"not a GGUF file (it starts with {magic!r}, not b'GGUF')")
@@ -154,6 +155,7 @@ def check_header(walk: HeaderWalk) -> None:
     data_start = -(-walk.pos // alignment) * alignment  # the header's end, rounded up to the alignment
     for name, dims, type_id, offset in tensors:
         check_tensor(walk, name, dims, type_id, offset, data_start, alignment)
+    return data_start, tensors
 
 
 def read_alignment(walk: HeaderWalk, value_type: int) -> int:
