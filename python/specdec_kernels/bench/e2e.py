@@ -76,6 +76,7 @@ class Harness:
         self.path, self.max_new_tokens, self.temperature = path, max_new_tokens, temperature
         self.x_digits = x_digits or RUNNER_X_DIGITS
         self._hf = None
+        self._llamacpp = {}
         self.decoder = Decoder(path, None, head_path, predictor_path, intermediate_path, tree or DEFAULT_TREE,
                                DraftShape.chain(chain_length) if chain_length else DEFAULT_CHAIN,
                                min_draft, self.x_digits, recalibrate)
@@ -98,22 +99,43 @@ class Harness:
             self._hf.register_forward_hook(lambda *_: setattr(self, "hf_forwards", self.hf_forwards + 1))
         return self._hf
 
-    def check(self, methods) -> None:
-        """Every part the methods need is there (checked before anything loads): a missing one exits with status 2."""
+    def llamacpp(self, name: str):
+        if name not in self._llamacpp:
+            from specdec_kernels.engines.llamacpp import LlamaCpp
+
+            self._llamacpp[name] = LlamaCpp(self.path, prompt_lookup=LLAMACPP_METHODS[name])
+        return self._llamacpp[name]
+
+    def check(self, methods) -> list:
+        """Every part the methods need is there (checked before anything loads): a missing one exits with status 2.
+        -> the methods to run: llama.cpp's are left out, with a message, when llama-cpp-python is absent."""
+        import importlib.util
+
         from specdec_kernels.cli.args import UsageError
         from specdec_kernels.methods import MissingPart
 
+        wanted = [name for name in methods if name in LLAMACPP_METHODS]
+        if wanted and importlib.util.find_spec("llama_cpp") is None:
+            print(f"skipping {', '.join(wanted)}: llama-cpp-python is not installed "
+                  f"(pip install 'specdec-kernels[llamacpp]')")
+            methods = [name for name in methods if name not in LLAMACPP_METHODS]
+        elif wanted and not self.path.endswith(".gguf"):
+            raise UsageError(f"{', '.join(wanted)} run GGUF files; {self.path} is not one")
         try:
             for name in methods:
-                if name not in HF_METHODS:
+                if name not in OTHER_ENGINES:
                     self.decoder.check(name)
         except MissingPart as error:
             raise UsageError(str(error)) from None
+        return methods
 
     def run(self, name: str, prompt_ids):
         """-> GenerationResult of method `name` on one prompt (steps: target forwards after the prefill)."""
         if name in HF_METHODS:
             return _run_hf(self, prompt_ids, **HF_METHODS[name])
+        if name in LLAMACPP_METHODS:
+            return self.llamacpp(name).generate(prompt_ids, self.max_new_tokens, self.temperature,
+                                                self.tokenizer.eos_token_id)
         return self.decoder.generate(name, prompt_ids, self.max_new_tokens, temperature=self.temperature, seed=0,
                                      stop_tokens=[self.tokenizer.eos_token_id])
 
@@ -136,14 +158,17 @@ def _run_hf(h: Harness, prompt_ids, **extra):
     return GenerationResult(tokens=tokens, stop_reason=stop_reason, steps=max(h.hf_forwards, 1) - 1, seconds=seconds)
 
 
-# transformers' own decoding, as its users run it: plain, and with its prompt lookup (assisted decoding)
+# Other engines' own decoding, as their users run it: plain, and with their prompt lookup (transformers' assisted
+# decoding; llama.cpp through llama-cpp-python, same GGUF file and threads)
 HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
+LLAMACPP_METHODS = {"llamacpp": False, "llamacpp-pld": True}
+OTHER_ENGINES = (*HF_METHODS, *LLAMACPP_METHODS)
 
 
 def method_names():
     from specdec_kernels.methods import METHODS
 
-    return list(METHODS) + list(HF_METHODS)
+    return list(METHODS) + list(OTHER_ENGINES)
 
 
 def load_prompts(path=DEFAULT_PROMPTS, limit=None):
@@ -259,7 +284,9 @@ def run(args):
                           args.recalibrate)
     except ValueError as error:  # the settings do not fit together (min_draft and the tree's depth)
         raise UsageError(str(error)) from None
-    harness.check(methods)
+    methods = harness.check(methods)
+    if not methods:
+        raise UsageError("no method left to run")
     prompts = load_prompts(args.prompts, args.limit)
     records, vanilla_tokens = [], {}
     # The methods take turns on each prompt, so that the shared machine's drift hits them alike.
@@ -291,7 +318,7 @@ def run(args):
                  ("identical_to_vanilla", "identical", "{}")])
     stages = [{"method": m, "draft_length": s.get("mean_draft_length"),
                "intermediate_forwards": s.get("intermediate_forwards_per_step"), **s["stage_ms_per_step"]}
-              for m, s in summary.items() if m not in HF_METHODS]
+              for m, s in summary.items() if m not in OTHER_ENGINES]
     if stages:
         print("\nPer target forward: mean draft length, intermediate forwards, ms per stage")
         print_table(stages, [("method", "method", "{}"), ("draft_length", "draft length", "{:.2f}"),
