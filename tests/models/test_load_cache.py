@@ -170,3 +170,16 @@ def test_a_file_written_just_before_hashing_is_hashed_again(tiny_path, monkeypat
     user_cache.file_digest(tiny_path)
     user_cache.file_digest(tiny_path)
     assert len(calls) == 2
+
+
+def test_an_entry_replaces_the_one_another_build_made(tiny_path, monkeypatch):
+    """One entry per file and options: an entry made by other code (a changed loader) is removed when the new
+    one is written; another file's, or other options', stays."""
+    load_gguf(tiny_path, max_seq_len=128)
+    load_gguf(tiny_path, max_seq_len=64)
+    old = entry_of(tiny_path)
+    monkeypatch.setattr(load_cache, "code_digest", lambda: "another build")
+    load_gguf(tiny_path, max_seq_len=128)
+    assert not os.path.exists(old + ".safetensors") and not os.path.exists(old + ".json")
+    assert os.path.exists(entry_of(tiny_path) + ".safetensors")
+    assert len(os.listdir(user_cache.cache_dir("models"))) == 4  # this one's and max_seq_len 64's, two files each

@@ -156,11 +156,11 @@ def load_gguf(path: str, max_seq_len: int = 2048, dense_group_size: Optional[int
     instead of keeping them exact (Q8_0 in 8 bits, floats dense). A file that is not a model this runner can
     build is a ValueError naming it and the fault (a missing file: FileNotFoundError). cache: keep the built
     model in the user's cache folder and map it from there the next time (models.load_cache)."""
-    from specdec_kernels.quant.gguf_check import read_gguf
-
     from .load_cache import cached_model
 
     def build():
+        from specdec_kernels.quant.gguf_check import read_gguf  # imports gguf (~0.3 s): not when cached
+
         reader = read_gguf(path)
         try:
             return model_from(reader, max_seq_len, dense_group_size)

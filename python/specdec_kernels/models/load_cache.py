@@ -97,6 +97,26 @@ def write_entry(entry: str, key: dict, model: nn.Module) -> None:
     write_atomic(entry + ".safetensors", write)
     index = {"key": key, "sha256": file_digest(entry + ".safetensors")}
     write_atomic(entry + ".json", lambda temporary: _write_json(temporary, index))
+    remove_superseded(entry, key)
+
+
+def remove_superseded(entry: str, key: dict) -> None:
+    """Remove the entries of the same file and options that another build made (older code, another CPU path or
+    version): a checkout whose code changes often would otherwise gather a model-sized entry per change."""
+    for index_path in glob.glob(os.path.join(os.path.dirname(entry), "*.json")):
+        other = index_path[: -len(".json")]
+        if other == entry:
+            continue
+        try:
+            with open(index_path) as f:
+                other_key = json.load(f)["key"]
+            if (other_key["file"], other_key["options"]) != (key["file"], key["options"]):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # damaged: nothing can use it
+        for path in (index_path, other + ".safetensors"):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def read_entry(entry: str, key: dict):
