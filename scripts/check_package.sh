@@ -9,7 +9,7 @@
 #
 # torch is installed first, pinned (TORCH): a plain `torch` requirement would fetch the multi-GB CUDA build. The
 # extension compiles against the installed torch, so builds run with --no-build-isolation after installing the
-# build requirements; an isolated build would fetch the newest torch (docs/design.md 2.4).
+# build requirements; an isolated build would fetch the newest torch (docs/design.md 2.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH=${TORCH:-torch==2.13.0}
