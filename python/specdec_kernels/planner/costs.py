@@ -6,7 +6,6 @@ two costs are per step (extend) and per tree level. A cached entry is used only 
 threads, library version, the model's and the head's file identity) matches and its numbers are sane;
 anything else is remeasured, never trusted.
 """
-import hashlib
 import json
 import os
 import platform
@@ -17,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from specdec_kernels import user_cache
+
 from .policy import StepCosts
 
 MAX_NODES = 16  # the largest tree the planner verifies (the costs beyond grow by about a T = 1 forward each)
@@ -25,8 +26,7 @@ FORMAT = 1
 
 
 def cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "specdec-kernels", "costs")
+    return user_cache.cache_dir("costs")
 
 
 def _file_identity(path: Optional[str]) -> Optional[list]:
@@ -55,8 +55,7 @@ def cost_key(model_path: str, head_path: Optional[str]) -> dict:
 
 
 def cache_path(key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir(), f"{digest}.json")
+    return os.path.join(cache_dir(), f"{user_cache.key_digest(key)}.json")
 
 
 def load_cached(key: dict) -> Optional[StepCosts]:
@@ -75,11 +74,12 @@ def load_cached(key: dict) -> Optional[StepCosts]:
 
 def save(key: dict, costs: StepCosts) -> str:
     path = cache_path(key)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        json.dump({"key": key, "costs": asdict(costs)}, f, indent=1)
-    os.replace(temporary, path)  # atomic: a reader never sees half a file
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump({"key": key, "costs": asdict(costs)}, f, indent=1)
+
+    user_cache.write_atomic(path, write)
     return path
 
 
