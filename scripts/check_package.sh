@@ -4,8 +4,8 @@
 # unpacked sdist, reusing its compiled objects (the extension compiles once); another fresh venv, without build
 # tools, installs the wheel. Each venv gets only the core dependencies (torch, numpy), passes
 # scripts/package_smoke.py and `specdec info`, and must hold no transformers, matplotlib, gguf or tqdm.
-# Measured: 9 min 8 s wall, 4.5 min of CPU, on this 2-core machine under load 7 (another build running); the
-# compile is ~85% of it.
+# Measured on this 2-core machine: 3 min 24 s under load 6 (3.8 min of CPU; the compile ~60% of it), 9 min 8 s
+# while a llama.cpp build also ran.
 #
 # torch is installed first, pinned (TORCH): a plain `torch` requirement would fetch the multi-GB CUDA build. The
 # extension compiles against the installed torch, so builds run with --no-build-isolation after installing the
