@@ -193,14 +193,14 @@ def run_conversation(h: Harness, name: str, turns):
     """All turns of one question (the history holds the method's own earlier answers) -> (tokens, texts, stats):
     stats sums seconds and target forwards (prefills included), lists the per-step statistics and why each turn's
     answer ended (decoding.STOP_REASONS)."""
-    from specdec_kernels.engines.transformers import chat_prompt_ids
+    from specdec_kernels.engines.transformers import conversation_ids
 
     messages, tokens, texts = [], [], []
     stats = {"seconds": 0.0, "steps": 0, "stage_seconds": {"draft": 0.0, "intermediate": 0.0, "verify": 0.0},
              "per_step": {"accepted": [], "draft_lengths": [], "intermediate_forwards": []}, "stop_reasons": []}
     for turn in turns:
         messages.append({"role": "user", "content": turn})
-        result = h.run(name, chat_prompt_ids(h.tokenizer, messages))
+        result = h.run(name, conversation_ids(h.tokenizer, messages))
         answer = h.tokenizer.decode(result.tokens, skip_special_tokens=True)
         messages.append({"role": "assistant", "content": answer})
         tokens += result.tokens

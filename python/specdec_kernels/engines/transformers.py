@@ -35,10 +35,15 @@ def chat_prompt_ids(tokenizer, messages) -> list:
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def user_prompt_ids(tokenizer, text: str) -> list:
-    """The ids `specdec generate` decodes from: the user's message rendered with the model's chat template, or,
-    for a model without one (a base model), the raw text with the tokenizer's own special tokens (BOS), as
-    transformers encodes a prompt."""
+def conversation_ids(tokenizer, messages) -> list:
+    """The ids a model continues from for a conversation: rendered with its chat template, or, for a model without
+    one (a base model), the messages' texts joined by blank lines with the tokenizer's own special tokens (BOS),
+    as transformers encodes a prompt."""
     if tokenizer.chat_template is None:
-        return list(tokenizer.encode(text))
-    return chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
+        return list(tokenizer.encode("\n\n".join(message["content"] for message in messages)))
+    return chat_prompt_ids(tokenizer, messages)
+
+
+def user_prompt_ids(tokenizer, text: str) -> list:
+    """The ids `specdec generate` decodes from: the user's message as a one-message conversation."""
+    return conversation_ids(tokenizer, [{"role": "user", "content": text}])
