@@ -50,3 +50,19 @@ def test_unknown_method_and_missing_parts(tmp_path):
         Decoder(str(model), head_path=str(tmp_path / "missing.eagle.pt")).check("chain")
     with pytest.raises(ValueError, match="min_draft must be in"):
         Decoder(str(model), min_draft=0)
+
+
+def test_the_drafter_is_built_after_the_first_token(tiny, make_decoder, monkeypatch):
+    """Speculative decoding gets a drafter built on first use (methods.DeferredDrafter): the prefill's token is out
+    before the head is read and quantized, so `specdec generate`'s first token does not wait for it; the output
+    is plain greedy's, and the next call reuses the drafter."""
+    from specdec_kernels.drafters import EagleDrafter
+
+    events, build = [], EagleDrafter.from_file
+    monkeypatch.setattr(EagleDrafter, "from_file", lambda *args: events.append("drafter built") or build(*args))
+    decoder = make_decoder(tiny)
+    out = decoder.generate("chain", [1, 2, 3], 8, stream=lambda token: events.append("token"))
+    assert events[:2] == ["token", "drafter built"] and events.count("drafter built") == 1
+    assert out.tokens == decoder.generate("vanilla", [1, 2, 3], 8).tokens
+    decoder.generate("chain-pld", [1, 2, 3], 8)
+    assert events.count("drafter built") == 1

@@ -141,3 +141,15 @@ def test_from_gguf_errors(tmp_path):
         dst.write(src.read()[:40])
     with pytest.raises(ValueError, match="is not a readable GGUF file: truncated"):
         quant.from_gguf(truncated, "w")
+
+
+def test_dense_weight_of_some_rows_is_those_rows_of_the_whole():
+    """dense_weight(layer, rows) dequantizes only `rows` (a draft vocabulary's output rows), in their order."""
+    from helpers import random_quantized, random_w8
+
+    rows = torch.tensor([5, 0, 17, 5, 63])
+    layers = [quant.W4A16Linear(random_quantized(64, 128, 32)), quant.W8A16Linear(*random_w8(64, 128, 32)),
+              quant.RowwiseLinear(torch.randn(64, 128)),
+              quant.SumOfLinears([quant.W4A16Linear(random_quantized(64, 128, 32, seed=s)) for s in (1, 2)])]
+    for layer in layers:
+        assert torch.equal(quant.dense_weight(layer, rows), quant.dense_weight(layer)[rows]), type(layer).__name__

@@ -59,7 +59,7 @@ class EagleHead(nn.Module):
         config = ModelConfig(dim=c.dim, n_layers=1, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                              hidden_dim=c.hidden_dim, vocab_size=len(draft_to_target), norm_eps=c.norm_eps,
                              rope_theta=c.rope_theta, max_seq_len=c.max_seq_len, rope_factors=c.rope_factors)
-        head = cls(config, dense_weight(target.lm_head)[draft_to_target], draft_to_target)
+        head = cls(config, dense_weight(target.lm_head, rows=draft_to_target), draft_to_target)
         if copy_last_layer:
             last = target.blocks[-1]
             with torch.no_grad():

@@ -43,7 +43,7 @@ def load_head(path: str, target) -> EagleHead:
     config = config_from(ModelConfig, config, path)
     check_fits(config, target.config, path)
     ids = draft_vocabulary(tensors.pop("draft_to_target", None), config.vocab_size, target.config.vocab_size, path)
-    lm_rows = dense_weight(target.lm_head)[ids]
+    lm_rows = dense_weight(target.lm_head, rows=ids)
     with torch.device("meta"):  # sized by the config: nothing is allocated before the file's tensors match it
         head = EagleHead(config, lm_rows, ids)
     assign_weights(head, tensors, torch.float16, path, built=NOT_WEIGHTS)

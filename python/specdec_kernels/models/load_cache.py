@@ -73,7 +73,8 @@ def cached_model(path: str, build: Callable[[], nn.Module], **options) -> nn.Mod
         model = build()
         try:
             write_entry(entry, key, model)
-        except (OSError, TypeError) as err:  # a full disk, a module this cache cannot hold: load without it
+        except (OSError, TypeError, ValueError, RuntimeError) as err:  # a full disk, a module it cannot hold
+            # (or a tensor safetensors refuses): the model loads all the same, uncached
             print(f"specdec: the loaded model is not cached ({err})", file=sys.stderr)
     return model
 

@@ -189,14 +189,18 @@ def dense_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], group_size:
     return W4A16Linear(quantize_rtn(weight, group_size), bias)
 
 
-def dense_weight(layer: nn.Module) -> torch.Tensor:
-    """The float32 [N, K] weight a layer multiplies by (dequantized where it is 4- or 8-bit)."""
+def dense_weight(layer: nn.Module, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The float32 [N, K] weight a layer multiplies by (dequantized where it is 4- or 8-bit); rows (int64 ids):
+    only those rows, in that order (a draft vocabulary's output rows: ~1/6 of the dequantizing)."""
+    def pick(t):
+        return t if rows is None else t[rows]
+
     if isinstance(layer, W4A16Linear):
-        return dequantize(QuantizedWeight(layer.qweight, layer.scales, layer.mins, layer.group_size)).float()
+        return dequantize(QuantizedWeight(*map(pick, (layer.qweight, layer.scales, layer.mins)), layer.group_size)).float()
     if isinstance(layer, W8A16Linear):
-        return dequantize_w8(layer.qweight, layer.scales, layer.mins, layer.group_size)
+        return dequantize_w8(*map(pick, (layer.qweight, layer.scales, layer.mins)), layer.group_size)
     if isinstance(layer, SumOfLinears):
-        return sum(dense_weight(part) for part in layer.parts)
+        return sum(dense_weight(part, rows) for part in layer.parts)
     if isinstance(layer, (RowwiseLinear, nn.Linear)):
-        return layer.weight.detach().float()
+        return pick(layer.weight.detach()).float()
     raise TypeError(f"cannot read the weight of a {type(layer).__name__}")
