@@ -46,7 +46,7 @@ def short_context():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(methods, "load_model", load_short)
-        patch.setattr(generate_cli, "load_tokenizer", functools.cache(generate_cli.load_tokenizer))
+        patch.setattr(generate_cli, "load_chat_tokenizer", functools.cache(generate_cli.load_chat_tokenizer))
         yield
 
 
