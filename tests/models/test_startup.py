@@ -79,19 +79,19 @@ MEMORY_CASES = {
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 @pytest.mark.parametrize("model", [pytest.param("embedded"), pytest.param("gemma3-270m", marks=pytest.mark.slow)])
 def test_peak_memory_of_loading(model, tmp_path, monkeypatch):
-    """Peaks of a fresh process loading the model, above the same process with the library imported (220 MiB),
+    """Peaks of a fresh process loading the model, above the same process with the library imported (~248 MiB),
     measured on this machine:
 
     | model (file) | building it (first run) | mapping it from the cache |
     |---|---|---|
-    | SmolLM2-135M Q4_1 (94 MiB) | 736 MiB | 102 MiB |
-    | Gemma 3 270M Q4_K_M (241 MiB) | 1883 MiB | 86 MiB |
+    | SmolLM2-135M Q4_1 (94 MiB) | 710 MiB | 73 MiB |
+    | Gemma 3 270M Q4_K_M (241 MiB) | 1858 MiB | 59 MiB |
 
-    A cached load maps its entry and touches nothing but the KV cache (zeros, 94 / 40 MiB) before the first
-    forward, whose pages are then the file's (the page cache's, shared). Building passes through more than the
-    model holds (SmolLM2: ~310 MiB of layers and float32 embedding; Gemma 3: its 262144 x 640 float32
-    embedding alone is 640 MiB): the bounds hold that figure with ~20% margin, so that a loader change that adds
-    a copy of the weights fails here."""
+    A cached load maps its entry and touches little but the KV cache (zeros) before the first forward, whose
+    pages are then the file's (the page cache's, shared). Building passes through more than the model holds
+    (SmolLM2: ~310 MiB of layers and float32 embedding; Gemma 3: its 262144 x 640 float32 embedding alone is
+    640 MiB): the bounds hold those figures with ~25% margin, so that a loader change adding a copy of the
+    weights fails here."""
     find_path, built_bound, mapped_bound = MEMORY_CASES[model]
     path = find_path()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
