@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 RACY_NS = 2_000_000_000  # a file modified less than this before it was hashed is hashed again next time
 

@@ -4,7 +4,6 @@ first token within 2 s of the command once its caches are built, and loading a m
 Each figure is a fresh process, as a user starts one, with the test's own cache folder (XDG_CACHE_HOME).
 """
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ def seconds_to_first_output(cache_folder, *args) -> float:
                                env=dict(os.environ, XDG_CACHE_HOME=str(cache_folder)))
     first = process.stdout.read(1)
     seconds = time.perf_counter() - start
-    out, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 0 and first, err.decode()
     return seconds
 

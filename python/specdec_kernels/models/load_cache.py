@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ def code_digest() -> str:
 
 
 def model_key(path: str, options: dict) -> dict:
-    from specdec_kernels import __version__, _C
+    from specdec_kernels import _C, __version__
 
     return {"format": FORMAT, "file": file_digest(path), "options": options, "isa": _C.cpu_isa(),
             "torch": torch.__version__, "version": __version__, "code": code_digest()}
