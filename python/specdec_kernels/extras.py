@@ -16,6 +16,7 @@ EXTRAS = {
     "jinja2": ("models", "jinja2"),
     "matplotlib": ("bench", "matplotlib"),
     "tqdm": ("bench", "tqdm"),
+    "accelerate": ("bench", "accelerate"),  # transformers imports it to load a GGUF file (the hf baselines)
     "llama_cpp": ("llamacpp", "llama-cpp-python"),
     "triton": ("triton", "triton"),
 }
