@@ -1,5 +1,5 @@
 """Gemma 3 (text) on the specdec ops: the Llama runner's cache, chunking and interfaces (llama.Transformer), with
-Gemma's block (docs/design.md 2.4).
+Gemma's block (docs/design.md 2.2.1).
 
 Per block: RMSNorm -> q/k/v -> RMSNorm of each q and k head -> RoPE -> attention -> RMSNorm -> + residual ->
 RMSNorm -> GeGLU MLP -> RMSNorm -> + residual. Five of every six layers attend over a sliding window with their
