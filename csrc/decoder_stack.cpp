@@ -56,11 +56,16 @@ DecoderStack::DecoderStack(std::vector<DecoderLayer> layers, int64_t n_heads, in
       TORCH_CHECK(linear->weight_bits == 4 || linear->weight_bits == 8, "DecoderStack: weight_bits must be 4 or 8");
 }
 
-std::tuple<Tensor, Tensor> DecoderStack::forward(Tensor x, const Tensor& positions, const Tensor& rope_cos,
-                                                 const Tensor& rope_sin, const Tensor& k_cache, const Tensor& v_cache,
-                                                 const Tensor& cache_lens,
-                                                 const std::optional<Tensor>& tree_mask) const {
+std::tuple<Tensor, Tensor, std::vector<Tensor>> DecoderStack::forward(
+    Tensor x, const Tensor& positions, const Tensor& rope_cos, const Tensor& rope_sin, const Tensor& k_cache,
+    const Tensor& v_cache, const Tensor& cache_lens, const std::optional<Tensor>& tree_mask,
+    const std::vector<int64_t>& capture) const {
   const Ops& ops = Ops::get();
+  for (size_t c = 0; c < capture.size(); ++c)
+    TORCH_CHECK(capture[c] >= 0 && capture[c] < (int64_t)layers_.size() && (c == 0 || capture[c] > capture[c - 1]),
+                "capture must be ascending layer ids in [0, ", layers_.size(), "), got ", capture);
+  std::vector<Tensor> captured;
+  auto next_capture = capture.begin();
   TORCH_CHECK(positions.dim() == 2, "positions must be [B, T], got ", positions.sizes());
   TORCH_CHECK(k_cache.dim() == 5 && k_cache.size(0) == (int64_t)layers_.size() && v_cache.sizes() == k_cache.sizes(),
               "caches must be [", layers_.size(), " layers, B, S, Hkv, D], got ", k_cache.sizes(), " and ",
@@ -76,6 +81,10 @@ std::tuple<Tensor, Tensor> DecoderStack::forward(Tensor x, const Tensor& positio
     } else {
       h = ops.rms_norm.call(x, layer.attn_norm, eps_);
     }
+    if (next_capture != capture.end() && *next_capture == (int64_t)i) {  // x: the stream entering layer i
+      captured.push_back(x);
+      ++next_capture;
+    }
     const Tensor heads = layer.wqkv(h).view({batch, t, -1, head_dim_});
     const Tensor q = heads.narrow(2, 0, n_heads_), k = heads.narrow(2, n_heads_, n_kv_heads_),
                  v = heads.narrow(2, n_heads_ + n_kv_heads_, n_kv_heads_);
@@ -85,7 +94,7 @@ std::tuple<Tensor, Tensor> DecoderStack::forward(Tensor x, const Tensor& positio
     std::tie(x, h) = ops.add_rms_norm.call(x, layer.wo(attn.view({batch * t, dim})), layer.ffn_norm, eps_);
     pending = layer.w_down(ops.silu_and_mul.call(layer.w_gate_up(h)));
   }
-  return {x, pending};
+  return {x, pending, captured};
 }
 
 }  // namespace specdec

@@ -26,12 +26,13 @@ struct DecoderLayer {
 class DecoderStack {
  public:
   DecoderStack(std::vector<DecoderLayer> layers, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, double eps);
-  // x [B * T, dim] (the embeddings) -> (x, pending) after the last layer, as the Python blocks return them;
+  // x [B * T, dim] (the embeddings) -> (x, pending) after the last layer, as the Python blocks return them, and
+  // the residual stream entering each layer in `capture` (ascending ids; EAGLE-3 drafts from them);
   // positions int64 [B, T]; caches [layers, B, S, Hkv, D], written at [cache_lens, cache_lens + T).
-  std::tuple<at::Tensor, at::Tensor> forward(at::Tensor x, const at::Tensor& positions, const at::Tensor& rope_cos,
-                                             const at::Tensor& rope_sin, const at::Tensor& k_cache,
-                                             const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                                             const std::optional<at::Tensor>& tree_mask) const;
+  std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> forward(
+      at::Tensor x, const at::Tensor& positions, const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+      const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
+      const std::optional<at::Tensor>& tree_mask, const std::vector<int64_t>& capture) const;
 
  private:
   std::vector<DecoderLayer> layers_;

@@ -140,5 +140,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("eps"))
       .def("forward", &specdec::DecoderStack::forward, py::arg("x"), py::arg("positions"), py::arg("rope_cos"),
            py::arg("rope_sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("tree_mask"),
-           WithoutGil());
+           py::arg("capture") = std::vector<int64_t>{}, WithoutGil());
 }

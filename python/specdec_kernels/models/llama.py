@@ -178,7 +178,9 @@ class Transformer(nn.Module):
         return self.embedding[tokens]
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                tree_mask: Optional[torch.Tensor] = None, logits_to_keep: int = 0):
+                tree_mask: Optional[torch.Tensor] = None, logits_to_keep: int = 0, capture: Tuple[int, ...] = ()):
+        """capture: layer ids (ascending) whose entering residual streams are also returned, concatenated:
+        (logits, hidden, streams [B, T, len(capture) * dim]) (EAGLE-3 drafts from them)."""
         batch, t = tokens.shape
         if batch != self.cache_lens.shape[0]:
             raise ValueError(f"the cache holds {self.cache_lens.shape[0]} sequences, got a batch of {batch}")
@@ -186,7 +188,7 @@ class Transformer(nn.Module):
         if longest + t > self.max_seq_len:
             raise ValueError(f"context overflow: {longest} cached + {t} new > {self.max_seq_len}")
         if tree_mask is None and t > MAX_TREE_NODES:
-            return self._forward_in_chunks(tokens, positions, logits_to_keep)
+            return self._forward_in_chunks(tokens, positions, logits_to_keep, capture)
         if positions is None:
             positions = self.cache_lens[:, None] + self._steps[:t]  # int32 + int64 -> int64
         else:
@@ -194,15 +196,21 @@ class Transformer(nn.Module):
         x, pending = self.embed(tokens.reshape(-1)), None
         stack = None if torch.compiler.is_compiling() else self._decoder_stack()  # traced: the ops one by one
         if stack is not None:
-            x, pending = stack.forward(x, positions, *self.rope, self.k_cache, self.v_cache, self.cache_lens, tree_mask)
+            x, pending, streams = stack.forward(x, positions, *self.rope, self.k_cache, self.v_cache, self.cache_lens,
+                                                tree_mask, list(capture))
         else:
-            for block, (k_cache, v_cache) in zip(self.blocks, self.layer_caches):
+            streams = []
+            for i, (block, (k_cache, v_cache)) in enumerate(zip(self.blocks, self.layer_caches)):
+                if i in capture:
+                    streams.append(x if pending is None else x + pending)
                 x, pending = block.forward(x, pending, positions, self.rope, k_cache, v_cache, self.cache_lens,
                                            tree_mask)
         _, hidden = add_and_norm(x, pending, self.out_norm, self.config.norm_eps)
         hidden = hidden.view(batch, t, -1)
         kept = hidden[:, t - logits_to_keep:] if 0 < logits_to_keep < t else hidden
         logits = self.lm_head.forward(kept.reshape(-1, kept.shape[-1])).view(batch, kept.shape[1], -1)
+        if capture:
+            return logits, hidden, torch.cat(streams, -1).view(batch, t, -1)
         return logits, hidden
 
     def _decoder_stack(self):
@@ -229,23 +237,25 @@ class Transformer(nn.Module):
         c = self.config
         return _C.DecoderStack(layers, c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps)
 
-    def _forward_in_chunks(self, tokens: torch.Tensor, positions: Optional[torch.Tensor], logits_to_keep: int):
+    def _forward_in_chunks(self, tokens: torch.Tensor, positions: Optional[torch.Tensor], logits_to_keep: int,
+                           capture: Tuple[int, ...] = ()):
         """A causal forward longer than tree_attention takes at once: chunk by chunk, each chunk attending to
         the cache the earlier ones wrote. The cache lengths are restored after, as for one forward."""
         t, start = tokens.shape[1], self.cache_lens.clone()
         keep = t if logits_to_keep <= 0 else min(logits_to_keep, t)
-        logits, hidden = [], []
+        logits, outputs = [], []
         for begin in range(0, t, MAX_TREE_NODES):
             end = min(begin + MAX_TREE_NODES, t)
             wanted = max(0, end - max(begin, t - keep))  # of this chunk's tokens, those among the last `keep`
             chunk_positions = None if positions is None else positions[:, begin:end]
-            chunk_logits, chunk_hidden = self(tokens[:, begin:end], chunk_positions, logits_to_keep=max(wanted, 1))
+            chunk_logits, *chunk_outputs = self(tokens[:, begin:end], chunk_positions, logits_to_keep=max(wanted, 1),
+                                                capture=capture)
             if wanted:
                 logits.append(chunk_logits[:, -wanted:])
-            hidden.append(chunk_hidden)
+            outputs.append(chunk_outputs)
             self.cache_lens += end - begin
         self.cache_lens.copy_(start)
-        return torch.cat(logits, 1), torch.cat(hidden, 1)
+        return (torch.cat(logits, 1), *(torch.cat(parts, 1) for parts in zip(*outputs)))
 
     def commit(self, n: int):
         """Keep the last forward's first n tokens in the cache (plain decoding / prefill)."""
