@@ -3,7 +3,9 @@
 The drafter keeps the committed pairs [0, D) in its own KV cache with D = the target's cache length: the last
 committed pair carries the root (the last token produced), whose children the head has just predicted. Its
 decoder layer is the one of drafters.eagle_head.EagleHead, run here on the ops (W4A16 GEMMs, tree_attention
-over a static cache) rather than autograd.
+over a static cache) rather than autograd. drafters.eagle3 runs the EAGLE-3 head on the same machinery,
+overriding what differs: a pair's layer input and residual (_layer_input), the output layer and its readout
+(_output_layer, _log_probs).
 """
 from typing import List, Optional
 
@@ -29,6 +31,8 @@ class EagleDrafter:
     """An EagleHead on the specdec ops (W4A16 layers, tree_attention over its own static KV cache) that
     drafts EAGLE-2 dynamic trees for a target."""
 
+    feature_layers = ()  # no residual streams to capture: it reads the target's final-norm feature
+
     def __init__(self, target, head: EagleHead, quantize: bool = True, max_seq_len: Optional[int] = None,
                  x_digits: int = DRAFT_X_DIGITS, group_size: int = DRAFT_GROUP_SIZE):
         c = self.config = head.config
@@ -42,9 +46,7 @@ class EagleDrafter:
 
         self.fc, self.wqkv, self.wo, self.w_gate_up, self.w_down = (
             to_runner(getattr(head, name)) for name in ("fc", "wqkv", "wo", "w_gate_up", "w_down"))
-        lm = nn.Linear(c.dim, c.vocab_size, bias=False)
-        lm.weight = nn.Parameter(head.lm_rows, requires_grad=False)
-        self.lm_head = to_runner(lm)
+        self.lm_head = to_runner(self._output_layer(head))
         self.ffn_norm = head.ffn_norm.detach()
         self.draft_ids = head.draft_to_target.tolist()  # draft-vocabulary id -> target id
         self.max_seq_len = max_seq_len or target.max_seq_len  # committed pairs
@@ -55,6 +57,13 @@ class EagleDrafter:
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.rope = rope_cos_sin(c, slots)
         self.length = 0  # committed pairs D
+
+    @staticmethod
+    def _output_layer(head: EagleHead) -> nn.Linear:
+        """The head's output rows (the target's, frozen in the head) as a layer."""
+        lm = nn.Linear(head.config.dim, head.config.vocab_size, bias=False)
+        lm.weight = nn.Parameter(head.lm_rows, requires_grad=False)
+        return lm
 
     @classmethod
     def from_file(cls, path: str, target, **kwargs) -> "EagleDrafter":
@@ -69,13 +78,21 @@ class EagleDrafter:
             raise ValueError(f"cannot keep {length} of the drafter's {self.length} committed pairs")
         self.length = length
 
-    def _layer(self, pairs: torch.Tensor, positions: torch.Tensor, past: int, mask: Optional[torch.Tensor]):
-        """pairs [n, 2 dim] at rope `positions` [n] -> f' [n, dim]. Their K/V go to slots [D + past, D + past + n);
-        they attend to the committed pairs [0, D) and, under `mask` [1, past + n, words] (None: causal), to
-        the `past` tree pairs fed before them and to themselves."""
+    def _layer_input(self, tokens: torch.Tensor, hidden: torch.Tensor):
+        """Pairs (tokens [n], hidden [n, dim]) -> (the decoder layer's input, the residual its attention adds
+        to): both are the fused pair fc([embed(token); hidden]) here."""
+        # forward, not __call__: ~2 us less a layer (as the runner's Block)
+        x = self.fc.forward(torch.cat([self.target.embedding[tokens], hidden], -1))
+        return x, x
+
+    def _layer(self, tokens: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, past: int,
+               mask: Optional[torch.Tensor]):
+        """Pairs (tokens [n], hidden [n, dim]) at rope `positions` [n] -> their outputs [n, dim]. Their K/V go
+        to slots [D + past, D + past + n); they attend to the committed pairs [0, D) and, under `mask`
+        [1, past + n, words] (None: causal), to the `past` tree pairs fed before them and to themselves."""
         c = self.config
-        n = pairs.shape[0]
-        x = self.fc.forward(pairs)  # forward, not __call__: ~2 us less a layer (as the runner's Block)
+        n = tokens.shape[0]
+        x, residual = self._layer_input(tokens, hidden)
         heads = self.wqkv.forward(x).view(1, n, -1, c.head_dim)
         q, k, v = heads.split_with_sizes([c.n_heads, c.n_kv_heads, c.n_kv_heads], dim=2)
         start = torch.tensor([self.length + past], dtype=torch.int32)
@@ -84,7 +101,7 @@ class EagleDrafter:
             q = torch.cat([q.new_zeros(1, past, c.n_heads, c.head_dim), q], 1)
         lens = torch.tensor([self.length], dtype=torch.int32)
         attn = ops.tree_attention(q, self.k_cache, self.v_cache, lens, mask)[0, past:]
-        x, h = ops.add_rms_norm(x, self.wo.forward(attn.reshape(n, c.dim)), self.ffn_norm, c.norm_eps)
+        x, h = ops.add_rms_norm(residual, self.wo.forward(attn.reshape(n, c.dim)), self.ffn_norm, c.norm_eps)
         return x + self.w_down.forward(ops.silu_and_mul(self.w_gate_up.forward(h)))
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -96,10 +113,11 @@ class EagleDrafter:
         n = tokens.shape[0]
         if self.length + n > self.max_seq_len:
             raise ValueError(f"draft context overflow: {self.length} + {n} > {self.max_seq_len}")
-        pairs = torch.cat([self.target.embedding[tokens], features.float()], -1)
-        for chunk in pairs.split(tree.MAX_TREE_NODES):  # tree_attention takes at most that many new tokens
-            hidden = self._layer(chunk, torch.arange(self.length, self.length + chunk.shape[0]), 0, None)
-            self.length += chunk.shape[0]
+        chunk = tree.MAX_TREE_NODES  # tree_attention takes at most that many new tokens
+        for chunk_tokens, chunk_features in zip(tokens.split(chunk), features.float().split(chunk)):
+            positions = torch.arange(self.length, self.length + chunk_tokens.shape[0])
+            hidden = self._layer(chunk_tokens, chunk_features, positions, 0, None)
+            self.length += chunk_tokens.shape[0]
         return hidden[-1], self._log_probs(hidden[-1:])[0]
 
     def grow_tree(self, root_token: int, root_hidden: torch.Tensor, root_log_probs: torch.Tensor,
@@ -112,8 +130,7 @@ class EagleDrafter:
         """Feed one tree level (children `tokens` of the nodes whose hidden states are parents_hidden) after the
         `past` tree pairs fed before; fed_bits: the ancestor rows of every fed pair."""
         n = tokens.shape[0]
-        pairs = torch.cat([self.target.embedding[tokens], parents_hidden], -1)
         positions = torch.full((n,), self.length + level)  # siblings share a position: depth below the root
         mask = torch.tensor([tree.int_rows_to_words(fed_bits, past + n)], dtype=torch.int64)
-        hidden = self._layer(pairs, positions, past, mask)
+        hidden = self._layer(tokens, parents_hidden, positions, past, mask)
         return hidden, self._log_probs(hidden)
