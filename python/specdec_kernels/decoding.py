@@ -78,7 +78,7 @@ def generate(model: Transformer, prompt_ids: Iterable[int], max_new_tokens: int,
     prompt = _check_inputs(model, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
-    logits, _ = _prefill(model, prompt)
+    logits = _prefill(model, prompt)[0]
     while not out.emit(choose_token(logits[0, -1], temperature, top_p, top_k, generator)):
         if free_slots(model) == 0:  # no slot for the last token: no forward can give the next one
             return out.finish("context_full")
@@ -137,10 +137,27 @@ def free_slots(model: Transformer) -> int:
     return model.max_seq_len - int(model.cache_lens[0])
 
 
-def _prefill(model: Transformer, prompt: List[int]):
-    """A fresh single-sequence cache holding the prompt -> (logits, hidden) of its tokens."""
+def drafter_layers(drafter) -> tuple:
+    """The target layers whose entering residual streams the drafter reads (EAGLE-3: drafters.eagle3), or () when
+    it reads the target's final-norm feature."""
+    return getattr(drafter, "feature_layers", ())
+
+
+def forward_for(model: Transformer, drafter, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                tree_mask: Optional[torch.Tensor] = None, logits_to_keep: int = 0):
+    """The model's forward -> (logits, final-norm hidden, the features `drafter` reads at each position)."""
+    layers = drafter_layers(drafter)
+    if layers:
+        return model(tokens, positions, tree_mask, logits_to_keep, capture=layers)
+    logits, hidden = model(tokens, positions, tree_mask, logits_to_keep)
+    return logits, hidden, hidden
+
+
+def _prefill(model: Transformer, prompt: List[int], drafter=None):
+    """A fresh single-sequence cache holding the prompt -> (logits, hidden, drafter features) of its tokens."""
     model.setup_cache(1, model.max_seq_len) if model.cache_lens.shape[0] != 1 else model.reset()
-    out = model(torch.tensor([prompt]), logits_to_keep=1)  # callers use only the last logits (hidden stays full)
+    # callers use only the last logits (hidden and features stay full)
+    out = forward_for(model, drafter, torch.tensor([prompt]), logits_to_keep=1)
     model.commit(len(prompt))
     return out
 
@@ -175,7 +192,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
     result = out.result
-    logits, hidden = _prefill(target, prompt)
+    logits, hidden, features = _prefill(target, prompt, drafter)
     new_tokens = [choose_token(logits[0, -1], temperature, top_p, top_k, generator)]
     drafter.reset()
     if lookup is not None:
@@ -183,8 +200,8 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         lookup.extend(prompt)
     # The drafter's next pairs (x_{j+1}, f_j): first the whole prompt's, then each step's accepted path (held
     # while a planner has paused the drafter).
-    unfed_tokens, unfed_features = prompt[1:], [hidden[0]]
-    last_token = prompt[-1]  # the token at the last feature's position: the predictor's x_j
+    unfed_tokens, unfed_features = prompt[1:], [features[0]]
+    last_token, last_hidden = prompt[-1], hidden[0, -1]  # at the last feature's position: the predictor's x_j, f_j
     if planner is not None:
         planner.reset()
     while True:
@@ -197,11 +214,10 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         unfed_tokens += new_tokens
         drafting = planner is None or planner.drafting()
         if drafting:
-            last_feature = unfed_features[-1][-1]
             root_hidden, root_log_probs = drafter.extend(torch.tensor(unfed_tokens), torch.cat(unfed_features))
             unfed_tokens, unfed_features = [], []
             step = (planner.shape.within(room) if planner is not None else
-                    step_shape(target, shape, room, predictor, last_token, last_feature, root_log_probs))
+                    step_shape(target, shape, room, predictor, last_token, last_hidden, root_log_probs))
             draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step, planner)
         else:  # the root alone: a plain step
             draft = DraftTree(torch.tensor([new_tokens[-1:]]), torch.tensor([[-1]]), values=[0.0])
@@ -210,7 +226,8 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
             lookup.extend(new_tokens)
             draft = lookup.graft(draft, room)
         tock = time.perf_counter()
-        logits, hidden = target(draft.tokens, draft.positions(target.cache_lens), draft.mask())
+        logits, hidden, features = forward_for(target, drafter, draft.tokens, draft.positions(target.cache_lens),
+                                               draft.mask())
         if temperature == 0:
             accept_idx, accept_len, bonus = ops.tree_verify_greedy(draft.tokens, draft.parents, logits)
         else:
@@ -219,8 +236,8 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
         path = accept_idx[0, : int(accept_len[0])]
         new_tokens = draft.tokens[0, path[1:]].tolist() + [int(bonus[0])]
-        unfed_features.append(hidden[0, path])
-        last_token = int(draft.tokens[0, path[-1]])
+        unfed_features.append(features[0, path])
+        last_token, last_hidden = int(draft.tokens[0, path[-1]]), hidden[0, path[-1]]
         result.steps += 1
         result.accepted_per_step.append(len(new_tokens))
         result.draft_sizes.append(draft.tokens.shape[1])

@@ -29,6 +29,7 @@ from .decoding import (
     _Output,
     _prefill,
     choose_token,
+    drafter_layers,
     free_slots,
 )
 from .drafters import DEFAULT_TREE, Drafter, DraftShape
@@ -68,11 +69,13 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
     the intermediate's forwards."""
     check_intermediate(target, intermediate)
     check_min_draft(min_draft, shape)
+    if drafter_layers(drafter):  # its pairs come from the intermediate's features too, and layers differ
+        raise ValueError("hierarchical drafts take an EAGLE-1/2 head (final-norm features), not an EAGLE-3 one")
     prompt = _check_inputs(target, prompt_ids, max_new_tokens, temperature, top_p, top_k)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out = _Output(max_new_tokens, stop_tokens, stream)
     result = out.result
-    logits, hidden = _prefill(target, prompt)
+    logits, hidden, _ = _prefill(target, prompt)
     if intermediate.max_seq_len < target.max_seq_len:  # it must hold whatever the target holds, and its trees
         intermediate.setup_cache(1, target.max_seq_len)
     _prefill(intermediate, prompt)

@@ -55,8 +55,9 @@ class DeferredDrafter:
     head, quantizing and packing it: ~0.3 s for the embedded model's) then follows the first token, not precedes
     it."""
 
-    def __init__(self, build):
+    def __init__(self, build, feature_layers: tuple = ()):
         self._build, self._drafter = build, None
+        self.feature_layers = feature_layers  # known before the build: the prefill asks for it
 
     def reset(self):
         if self._drafter is not None:

@@ -89,13 +89,14 @@ def measure(target, drafter, max_nodes: int = MAX_NODES, context: int = CACHE_CO
     after `context` random tokens. Leaves the target's and the drafter's caches reset."""
     from specdec_kernels.bench.common import time_interleaved
     from specdec_kernels.bench.forward import chain_forward
+    from specdec_kernels.decoding import forward_for
     from specdec_kernels.drafters import DraftShape
 
     if context + max_nodes > target.max_seq_len:
         raise ValueError(f"measuring costs needs {context + max_nodes} positions, the model has {target.max_seq_len}")
     target.setup_cache(1, target.max_seq_len) if target.cache_lens.shape[0] != 1 else target.reset()
     prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
-    _, features = target(prompt)
+    features = forward_for(target, drafter, prompt)[2]
     target.commit(context)
     drafter.reset()
     root_hidden, root_log_probs = drafter.extend(prompt[0, 1:], features[0, :-1])
