@@ -1,7 +1,7 @@
 """The decoding methods by name: what `specdec generate --method` and `specdec bench e2e --methods` run.
 
 A Decoder holds a target and builds what a method needs the first time it is used: the EAGLE drafter, the
-draft length predictor (AdaEAGLE), the intermediate model (HierSpec). A part that is missing (no head shipped
+EAGLE-3 drafter, the draft length predictor (AdaEAGLE), the intermediate model (HierSpec). A part that is missing (no head shipped
 for this model, no predictor) is a MissingPart error saying how to get one.
 """
 import os
@@ -12,18 +12,23 @@ from .drafters import (
     DEFAULT_CHAIN,
     DEFAULT_TREE,
     DraftShape,
+    Eagle3Drafter,
     EagleDrafter,
     LengthPredictor,
     NgramLookup,
     RootOnly,
     default_head_path,
     default_predictor_path,
+    is_eagle3_folder,
+    load_eagle3,
     load_predictor,
 )
+from .drafters.head_file import shipped_file
 from .hierarchical import MIN_DRAFT, check_min_draft, hierarchical_generate
 from .intermediate import default_recipe_path, derive_intermediate, load_intermediate
 from .models import RUNNER_X_DIGITS, Transformer, load_model
 from .planner import Planner, StepCosts, step_costs
+from .planner.calibration import load_prior
 
 METHODS = {
     "vanilla": "plain decoding, one token per target forward",
@@ -36,13 +41,19 @@ METHODS = {
     "eagle2-ada": "EAGLE-2 trees whose depth the predictor chooses each step",
     "ada-pld": "AdaEAGLE chains with a prompt-lookup chain grafted in",
     "hier": "HierSpec: trees verified by an intermediate model, their paths verified by the target as one chain",
-    "auto": "the planner's tree each step, from this machine's measured costs (planner/)",
+    "eagle3": "the EAGLE-3 head's trees (drafters.eagle3; EAGLE3_SHAPE)",
+    "eagle3-pld": "the EAGLE-3 head's trees with a prompt-lookup chain grafted in",
+    "auto": "the planner's tree each step, from this machine's measured costs (planner/), with the EAGLE-3 head "
+            "where the model has one",
     "auto-pld": "the planner's tree with a prompt-lookup chain grafted in",
 }
 DEFAULT_METHOD = "chain-pld"  # the fastest measured on the embedded model (README, docs/performance.md)
 HEADLESS = ("vanilla", "pld")
 NEEDS_PREDICTOR = ("ada", "eagle2-ada", "ada-pld")
 PLANNED = ("auto", "auto-pld")
+EAGLE3 = ("eagle3", "eagle3-pld")
+EAGLE3_SUFFIX = ".eagle3"  # heads/<model file name>.eagle3/: the shipped EAGLE-3 head's folder
+EAGLE3_SHAPE = DEFAULT_TREE
 
 
 class MissingPart(Exception):
@@ -79,11 +90,15 @@ class Decoder:
                  x_digits: int = RUNNER_X_DIGITS, recalibrate: bool = False, costs: Optional[StepCosts] = None):
         check_min_draft(min_draft, tree)
         self.model_path, self._model, self.x_digits = model_path, model, x_digits
+        # --head names either kind of head: an EAGLE-3 folder replaces the shipped EAGLE-3 head, a file the other
+        self.eagle3_path = shipped_file(model_path, EAGLE3_SUFFIX)
+        if head_path is not None and is_eagle3_folder(head_path):
+            self.eagle3_path, head_path = head_path, None
         self.head_path = head_path or default_head_path(model_path)
         self.predictor_path = predictor_path or default_predictor_path(model_path)
         self.intermediate_source = intermediate_path or default_recipe_path(model_path)
         self.tree, self.chain, self.min_draft, self.recalibrate = tree, chain, min_draft, recalibrate
-        self._drafter = self._predictor = self._intermediate = self._planner = None
+        self._drafter = self._drafter3 = self._predictor = self._intermediate = self._planner = None
         self._costs = costs  # the planner's step costs; None: measured on this machine (cached)
 
     @property
@@ -96,7 +111,13 @@ class Decoder:
         """A MissingPart error naming what `method` needs and this model lacks (nothing is loaded)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        if method not in HEADLESS and self.head_path is None:
+        if (method in EAGLE3 or method in PLANNED) and self.planned_head is None:
+            raise MissingPart(f"no EAGLE head for {self.model_path} (method {method}): train one (python -m "
+                              "specdec_kernels.train.eagle3) and pass --head")
+        if method in EAGLE3 and self.eagle3_path is None:
+            raise MissingPart(f"no EAGLE-3 head for {self.model_path} (method {method}): train one (python -m "
+                              "specdec_kernels.train.eagle3) and pass --head FOLDER")
+        if method not in HEADLESS + EAGLE3 + PLANNED and self.head_path is None:
             raise MissingPart(f"no EAGLE head for {self.model_path} (method {method}): train one (python -m "
                               "specdec_kernels.train.eagle) and pass --head")
         if method in NEEDS_PREDICTOR and self.predictor_path is None:
@@ -105,7 +126,7 @@ class Decoder:
         if method == "hier" and self.intermediate_source is None:
             raise MissingPart(f"no intermediate model for {self.model_path} (method hier): pass --intermediate PATH (a "
                               "GGUF file with the same tokenizer)")
-        for path in (self.head_path, self.predictor_path, self.intermediate_source):
+        for path in (self.head_path, self.eagle3_path, self.predictor_path, self.intermediate_source):
             if path is not None and not os.path.exists(path):
                 raise MissingPart(f"{path}: no such file")
 
@@ -114,6 +135,21 @@ class Decoder:
         if self._drafter is None:
             self._drafter = EagleDrafter.from_file(self.head_path, self.model)
         return self._drafter
+
+    @property
+    def drafter3(self) -> Eagle3Drafter:
+        if self._drafter3 is None:
+            self._drafter3 = Eagle3Drafter(self.model, load_eagle3(self.eagle3_path, self.model))
+        return self._drafter3
+
+    @property
+    def planned_head(self) -> Optional[str]:
+        """The head the planner drafts with: the EAGLE-3 head where there is one (it accepts more)."""
+        return self.eagle3_path or self.head_path
+
+    @property
+    def planned_drafter(self):
+        return self.drafter3 if self.eagle3_path else self.drafter
 
     @property
     def predictor(self) -> LengthPredictor:
@@ -132,11 +168,12 @@ class Decoder:
 
     @property
     def planner(self) -> Planner:
-        """The planner of this machine, model and head: costs measured once (cached; recalibrate: measured again)."""
+        """The planner of this machine, model and head: costs measured once (cached; recalibrate: measured again),
+        acceptance starting from the head's calibrated prior when it ships one (planner.calibration)."""
         if self._planner is None:
-            costs = self._costs or step_costs(self.model, self.drafter, self.model_path, self.head_path,
+            costs = self._costs or step_costs(self.model, self.planned_drafter, self.model_path, self.planned_head,
                                               self.recalibrate)
-            self._planner = Planner(costs)
+            self._planner = Planner(costs, prior=load_prior(self.head_path))
         return self._planner
 
     def generate(self, method: str, prompt_ids, max_new_tokens: int, **options) -> GenerationResult:
@@ -151,7 +188,11 @@ class Decoder:
             return hierarchical_generate(self.model, self.intermediate, self.drafter, prompt_ids, max_new_tokens,
                                          shape=self.tree, min_draft=self.min_draft, **options)
         if method in PLANNED:
-            return speculative_generate(self.model, self.drafter, prompt_ids, max_new_tokens, planner=self.planner,
+            return speculative_generate(self.model, self.planned_drafter, prompt_ids, max_new_tokens,
+                                        planner=self.planner, lookup=NgramLookup() if method.endswith("-pld") else None,
+                                        **options)
+        if method in EAGLE3:
+            return speculative_generate(self.model, self.drafter3, prompt_ids, max_new_tokens, shape=EAGLE3_SHAPE,
                                         lookup=NgramLookup() if method.endswith("-pld") else None, **options)
         ada = method in NEEDS_PREDICTOR
         shape = (self.tree if method.startswith("eagle2") else

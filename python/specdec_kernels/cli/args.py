@@ -42,6 +42,14 @@ def readable_file(text: str) -> str:
     return path
 
 
+def head_path(text: str) -> str:
+    """An EAGLE head: a readable file (EAGLE-1/2) or a folder in the public EAGLE-3 layout, as an absolute path."""
+    from specdec_kernels.drafters import is_eagle3_folder
+
+    path = os.path.abspath(os.path.expanduser(text))
+    return path if is_eagle3_folder(path) else readable_file(text)
+
+
 def model_path(text: str) -> str:
     """A GGUF file or a Hugging Face checkpoint directory, checked before any loader runs (transformers would
     take a missing path for a hub repo id), as an absolute path (transformers reads a bare file name's empty
@@ -80,8 +88,8 @@ def add_draft_arguments(parser) -> None:
     """The files and settings of the drafting methods (methods.Decoder): `specdec generate` and `bench e2e`."""
     from specdec_kernels.hierarchical import MIN_DRAFT
 
-    parser.add_argument("--head", type=readable_file, help="EAGLE head (default: the one shipped for the model, "
-                        "drafters/heads/NAME.eagle.safetensors)")
+    parser.add_argument("--head", type=head_path, help="EAGLE head: a file, or an EAGLE-3 folder for eagle3 and auto "
+                        "(default: the ones shipped for the model, drafters/heads/NAME.eagle.safetensors and NAME.eagle3/)")
     parser.add_argument("--predictor", type=readable_file, help="draft length predictor of ada, eagle2-ada and ada-pld "
                         "(default: the one shipped for the model, heads/NAME.ldlp.safetensors)")
     parser.add_argument("--intermediate", type=readable_file, help="hier's intermediate: a GGUF file with the model's "

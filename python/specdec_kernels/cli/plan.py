@@ -4,14 +4,15 @@ Prints the step costs the `auto` method plans with (measured once per machine, m
 the target's forward over T nodes against T = 1, the drafter's costs, and the draft the planner would verify
 for a drafter whose top token is accepted with probability p at every depth (a chain of p, p^2, ...).
 """
-from specdec_kernels.cli.args import UsageError, default_model_path, model_path, readable_file
+from specdec_kernels.cli.args import UsageError, default_model_path, head_path, model_path
 
 ACCEPTANCE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def add_arguments(parser):
     parser.add_argument("--model", type=model_path, help="a GGUF file (default: the embedded model)")
-    parser.add_argument("--head", type=readable_file, help="EAGLE head (default: the one shipped for the model)")
+    parser.add_argument("--head", type=head_path, help="EAGLE head, file or EAGLE-3 folder (default: the one "
+                        "auto uses for the model)")
     parser.add_argument("--recalibrate", action="store_true", help="measure again (the cached costs are replaced)")
     parser.add_argument("--plot", help="write the forward cost curve c(T) / c(1) as a PNG here")
 
@@ -32,7 +33,7 @@ def run(args):
     from specdec_kernels.methods import Decoder
 
     decoder = Decoder(args.model or default_model_path(), head_path=args.head, recalibrate=args.recalibrate)
-    if decoder.head_path is None:
+    if decoder.planned_head is None:
         raise UsageError(f"no EAGLE head for {decoder.model_path}: pass --head")
     costs = decoder.planner.costs
     info = machine_info(torch.device("cpu"))

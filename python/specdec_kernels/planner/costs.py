@@ -32,6 +32,8 @@ def cache_dir() -> str:
 def _file_identity(path: Optional[str]) -> Optional[list]:
     if path is None:
         return None
+    if os.path.isdir(path):  # an EAGLE-3 head's folder: its weights identify it
+        path = os.path.join(path, "model.safetensors")
     stat = os.stat(path)
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
