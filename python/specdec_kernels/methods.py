@@ -173,7 +173,7 @@ class Decoder:
         if self._planner is None:
             costs = self._costs or step_costs(self.model, self.planned_drafter, self.model_path, self.planned_head,
                                               self.recalibrate)
-            self._planner = Planner(costs, prior=load_prior(self.head_path))
+            self._planner = Planner(costs, prior=load_prior(self.planned_head))
         return self._planner
 
     def generate(self, method: str, prompt_ids, max_new_tokens: int, **options) -> GenerationResult:
