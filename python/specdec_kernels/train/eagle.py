@@ -155,19 +155,31 @@ def draft_vocabulary(sequences: list, size: int) -> torch.Tensor:
 def pair_batch(head: EagleHead, embedding: torch.Tensor, sequences: list):
     """Right-padded pair tensors for sequences: embeds, features, feature targets [B, L, dim], the loss
     mask [B, L] (answer positions: pair j predicts x_{j+2}, j >= answer_start - 1) and next tokens [B, L]."""
-    length = max(s.tokens.numel() - 1 for s in sequences)
-    batch, dim = len(sequences), head.config.dim
-    embeds, features, targets = (torch.zeros(batch, length, dim) for _ in range(3))
-    mask = torch.zeros(batch, length, dtype=torch.bool)
-    next_tokens = torch.full((batch, length), -1, dtype=torch.long)
+    embeds, mask, next_tokens = token_pairs(embedding, sequences)
+    features = padded([s.features[:-1] for s in sequences], embeds.shape[1])
+    targets = padded([s.features[1:] for s in sequences], embeds.shape[1])
+    return embeds, features, targets, mask, next_tokens
+
+
+def token_pairs(embedding: torch.Tensor, sequences: list):
+    """The token side of pair_batch: embeds [B, L, dim] (pair j reads x_{j+1}), the loss mask [B, L] and the
+    next tokens [B, L] (x_{j+2}, -1 where there is none); L is the longest sequence's length - 1."""
+    embeds = padded([embedding[s.tokens[1:]] for s in sequences])
+    mask = torch.zeros(embeds.shape[:2], dtype=torch.bool)
+    next_tokens = torch.full(embeds.shape[:2], -1, dtype=torch.long)
     for b, s in enumerate(sequences):
         n = s.tokens.numel() - 1
-        embeds[b, :n] = embedding[s.tokens[1:]]
-        features[b, :n] = s.features[:-1].float()
-        targets[b, :n] = s.features[1:].float()
         mask[b, s.answer_start - 1: n] = True
         next_tokens[b, : n - 1] = s.tokens[2:]
-    return embeds, features, targets, mask, next_tokens
+    return embeds, mask, next_tokens
+
+
+def padded(rows: list, length: int = 0) -> torch.Tensor:
+    """Tensors [n_i, ...] -> float32 [B, max(length, n_i), ...], zeros after each row's n_i."""
+    out = torch.zeros(len(rows), max([length] + [r.shape[0] for r in rows]), *rows[0].shape[1:])
+    for b, r in enumerate(rows):
+        out[b, : r.shape[0]] = r
+    return out
 
 
 def shifted(x: torch.Tensor, step: int, fill=0) -> torch.Tensor:
@@ -211,30 +223,49 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
     """AdamW with a cosine schedule (5% warm-up); returns the mean loss of each epoch. unroll > 1 also trains
     on the head's own features for unroll - 1 further steps (EagleHead.unrolled). after_epoch(), if given,
     returns a note appended to each epoch's log line (e.g. acceptance on unseen prompts)."""
+    def step_loss(group):
+        loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight, unroll)
+        return loss, {"feature": f"{feature_loss.item():.3f}", "token": f"{token_loss.item():.3f}"}
+
+    return fit(head, sequences, step_loss, epochs, lr, tokens_per_batch, seed, bf16, log=log, after_epoch=after_epoch)
+
+
+def fit(head: torch.nn.Module, sequences: list, step_loss, epochs: int, lr: float, tokens_per_batch: int,
+        seed: int = 0, bf16: bool = False, minutes: float | None = None, log=print, after_epoch=None) -> list:
+    """The training loop of the draft heads: step_loss(group of sequences) -> (loss, progress bar notes) on
+    `batches` of them, AdamW (betas 0.9, 0.95) with 5% warm-up then a cosine decay, gradients clipped to norm
+    0.5, optionally under bfloat16 autocast. With `minutes`, the decay follows the elapsed share of that budget
+    where it is ahead of the steps' and training stops when it is spent. -> the mean loss of each epoch."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     steps = max(1, epochs * len(batches(sequences, tokens_per_batch, rng)))
     warmup = max(1, steps // 20)
+    started, budget = time.monotonic(), 60 * minutes if minutes else math.inf
+
+    def spent() -> float:  # the share of the time budget used
+        return (time.monotonic() - started) / budget
+
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min((i + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(i / steps, 1.0)))))
+        1 + math.cos(math.pi * min(max(i / steps, spent()), 1.0)))))
     history = []
     head.train()
     for epoch in range(epochs):
         total, count = 0.0, 0
-        progress = progress_bar(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
-        for group in progress:
+        bar = progress_bar(batches(sequences, tokens_per_batch, rng), desc=f"epoch {epoch + 1}/{epochs}")
+        for group in bar:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss, feature_loss, token_loss = losses(head, pair_batch(head, embedding, group), noise, ce_weight,
-                                                         unroll)
+                loss, notes = step_loss(group)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 0.5)
             optimizer.step()
             schedule.step()
             total, count = total + loss.item(), count + 1
-            progress.set_postfix(feature=f"{feature_loss.item():.3f}", token=f"{token_loss.item():.3f}")
+            bar.set_postfix(**notes)
+            if spent() >= 1:
+                break
         history.append(total / count)
         note = ""
         if after_epoch is not None:
@@ -242,6 +273,9 @@ def train(head: EagleHead, embedding: torch.Tensor, sequences: list, epochs: int
             note = f", {after_epoch()}"
             head.train()
         log(f"epoch {epoch + 1}: mean loss {history[-1]:.4f}{note}")
+        if spent() >= 1:
+            log(f"{minutes} minutes spent: training stops")
+            break
     head.eval()
     return history
 
