@@ -55,8 +55,8 @@ PREFILL_TOKENS = 512
 
 @dataclass
 class FeatureSequence:
-    tokens: torch.Tensor                   # int64 [n]: prompt then answer
-    answer_start: int                      # index of the first answer token
+    tokens: torch.Tensor                 # int64 [n]: prompt then answer
+    answer_start: int                    # index of the first answer token
     streams: torch.Tensor | None = None  # float16 [n, 3 dim]: the streams entering the feature layers
     hidden: torch.Tensor | None = None   # float16 [n, dim]: the target's final-norm feature
 
