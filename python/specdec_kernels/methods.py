@@ -43,14 +43,14 @@ METHODS = {
     "hier": "HierSpec: trees verified by an intermediate model, their paths verified by the target as one chain",
     "eagle3": "the EAGLE-3 head's trees (drafters.eagle3; EAGLE3_SHAPE)",
     "eagle3-pld": "the EAGLE-3 head's trees with a prompt-lookup chain grafted in",
-    "auto": "the planner's tree each step, from this machine's measured costs (planner/), with the EAGLE-3 head "
-            "where the model has one",
-    "auto-pld": "the planner's tree with a prompt-lookup chain grafted in",
+    "auto": "the planner's tree each step, from this machine's measured costs (planner/), with the prompt-lookup "
+            "chain grafted in where its match makes it worth verifying (drafters.ngram)",
+    "auto-tree": "the planner's tree alone (no prompt lookup)",
 }
 DEFAULT_METHOD = "chain-pld"  # the fastest measured on the embedded model (README, docs/performance.md)
 HEADLESS = ("vanilla", "pld")
 NEEDS_PREDICTOR = ("ada", "eagle2-ada", "ada-pld")
-PLANNED = ("auto", "auto-pld")
+PLANNED = ("auto", "auto-tree")
 EAGLE3 = ("eagle3", "eagle3-pld")
 EAGLE3_SUFFIX = ".eagle3"  # heads/<model file name>.eagle3/: the shipped EAGLE-3 head's folder
 EAGLE3_SHAPE = DEFAULT_TREE
@@ -92,7 +92,8 @@ class Decoder:
         self.model_path, self._model, self.x_digits = model_path, model, x_digits
         # --head names either kind of head: an EAGLE-3 folder replaces the shipped EAGLE-3 head, a file the other
         self.eagle3_path = shipped_file(model_path, EAGLE3_SUFFIX)
-        if head_path is not None and is_eagle3_folder(head_path):
+        self._plan_with_eagle3 = head_path is not None and is_eagle3_folder(head_path)
+        if self._plan_with_eagle3:
             self.eagle3_path, head_path = head_path, None
         self.head_path = head_path or default_head_path(model_path)
         self.predictor_path = predictor_path or default_predictor_path(model_path)
@@ -144,12 +145,15 @@ class Decoder:
 
     @property
     def planned_head(self) -> Optional[str]:
-        """The head the planner drafts with: the EAGLE-3 head where there is one (it accepts more)."""
-        return self.eagle3_path or self.head_path
+        """The head the planner drafts with: an EAGLE-3 head given as --head, else the EAGLE-1/2 head where there is
+        one (the shipped one accepts more than the shipped EAGLE-3 head: docs/design.md 4.10), else the EAGLE-3 head."""
+        if self._plan_with_eagle3 or self.head_path is None:
+            return self.eagle3_path
+        return self.head_path
 
     @property
     def planned_drafter(self):
-        return self.drafter3 if self.eagle3_path else self.drafter
+        return self.drafter3 if self.planned_head == self.eagle3_path else self.drafter
 
     @property
     def predictor(self) -> LengthPredictor:
@@ -189,7 +193,7 @@ class Decoder:
                                          shape=self.tree, min_draft=self.min_draft, **options)
         if method in PLANNED:
             return speculative_generate(self.model, self.planned_drafter, prompt_ids, max_new_tokens,
-                                        planner=self.planner, lookup=NgramLookup() if method.endswith("-pld") else None,
+                                        planner=self.planner, lookup=NgramLookup() if method == "auto" else None,
                                         **options)
         if method in EAGLE3:
             return speculative_generate(self.model, self.drafter3, prompt_ids, max_new_tokens, shape=EAGLE3_SHAPE,
