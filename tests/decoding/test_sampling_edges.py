@@ -91,7 +91,7 @@ def test_a_target_that_allows_few_tokens_is_sampled_losslessly(tiny, trained_hea
     }
     for name, decode in runs.items():
         counts, accepted = sampled_counts(decode, 1000)
-        assert accepted > 300, f"{name}: only {accepted} draft tokens accepted: verification barely ran"
+        assert accepted > 200, f"{name}: only {accepted} draft tokens accepted: verification barely ran"
         for position in range(3):
             allowed = exact[position] > 0
             assert counts[position, ~allowed].sum() == 0, (name, position)
