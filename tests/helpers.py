@@ -249,8 +249,9 @@ def embedded_model_or_skip() -> str:
 
 def write_tiny_gguf(path, arch="llama", q4=True, logit_scale=1.0, context_length=128, perturb=0.0, vocab=40,
                     n_layers=1):
-    """A Llama GGUF of n_layers layers with random weights (vocabulary 40 unless told, tied head); logit_scale multiplies the
-    embedding (= the head) and the final norm: larger values make the next-token distribution peakier.
+    """A Llama GGUF of n_layers layers with random weights (vocabulary 40 unless told, tied head); logit_scale
+    multiplies the embedding (= the head) and the final norm: larger values make the next-token distribution
+    peakier.
     perturb > 0 adds independent noise of that relative size to every weight: a related but different model."""
     import gguf
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 from helpers import PLANNER_TEST_COSTS, write_tiny_gguf
-from specdec_kernels.drafters import Eagle3Head, LengthPredictor, PredictorConfig, save_eagle3, save_head, save_predictor
+from specdec_kernels.drafters import (Eagle3Head, LengthPredictor, PredictorConfig, save_eagle3, save_head,
+                                      save_predictor)
 from specdec_kernels.methods import Decoder
 from specdec_kernels.models import load_gguf
 from specdec_kernels.quant import dense_weight
