@@ -11,7 +11,7 @@ KNOWN = StepCosts(forward_ms=(5.0, 5.5, 7.0), extend_ms=0.4, level_ms=0.6)
 
 def test_measured_costs_are_sane_and_leave_the_caches_empty(tiny, trained_head):
     drafter = EagleDrafter(tiny, trained_head)
-    measured = costs.measure(tiny, drafter, max_nodes=4, context=16, repeats=2)
+    measured = costs.measure(tiny, drafter, max_nodes=4, context=16, repeats=2, seconds=0.0)
     assert measured.max_nodes == 4
     assert list(measured.forward_ms) == sorted(measured.forward_ms)
     assert int(tiny.cache_lens[0]) == 0 and drafter.length == 0

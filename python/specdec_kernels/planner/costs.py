@@ -22,6 +22,10 @@ from .policy import StepCosts
 
 MAX_NODES = 16  # the largest tree the planner verifies (the costs beyond grow by about a T = 1 forward each)
 CACHE_CONTEXT = 256  # tokens in the cache while timing: a typical prompt
+# Rounds of timing go on for at least this long: a 2-second measurement on a busy 2-core machine once took a
+# noisy moment for the truth (every forward 1.35x, the drafter's extend 2.8x too slow) and `auto` then grew
+# trees for costs it did not pay.
+MEASURE_SECONDS = 8.0
 FORMAT = 1
 
 
@@ -86,9 +90,11 @@ def save(key: dict, costs: StepCosts) -> str:
 
 
 @torch.inference_mode()
-def measure(target, drafter, max_nodes: int = MAX_NODES, context: int = CACHE_CONTEXT, repeats: int = 9) -> StepCosts:
-    """Time the target's forward over 1..max_nodes nodes and the drafter's extend and tree level, interleaved,
-    after `context` random tokens. Leaves the target's and the drafter's caches reset."""
+def measure(target, drafter, max_nodes: int = MAX_NODES, context: int = CACHE_CONTEXT, repeats: int = 9,
+            seconds: float = MEASURE_SECONDS) -> StepCosts:
+    """Time the target's forward over 1..max_nodes nodes and the drafter's extend and tree level, interleaved (the
+    median of at least `repeats` rounds and `seconds` in all), after `context` random tokens. Leaves the target's
+    and the drafter's caches reset."""
     from specdec_kernels.bench.common import time_interleaved
     from specdec_kernels.bench.forward import chain_forward
     from specdec_kernels.decoding import forward_for
@@ -113,10 +119,10 @@ def measure(target, drafter, max_nodes: int = MAX_NODES, context: int = CACHE_CO
 
     calls = {t: chain_forward(target, t, seed=t) for t in range(1, max_nodes + 1)}
     calls.update({"extend": extend, "grow1": grow(1), "grow3": grow(3)})
-    seconds = time_interleaved(calls, repeats=repeats)
+    medians = time_interleaved(calls, repeats=repeats, min_time_s=seconds)
     target.reset()
     drafter.reset()
-    ms = {name: s * 1e3 for name, s in seconds.items()}
+    ms = {name: s * 1e3 for name, s in medians.items()}
     forward_ms = tuple(accumulate((ms[t] for t in range(1, max_nodes + 1)), max))  # more nodes never cost less
     return StepCosts(forward_ms, ms["extend"], max((ms["grow3"] - ms["grow1"]) / 2, 1e-3))
 
