@@ -329,3 +329,22 @@ def exact_marginals(model, prompt):
         p2 += p1[first] * second
         p3 += p1[first] * (second[:, None] * torch.softmax(logits[0, 1:].double(), -1)).sum(0)
     return p1, p2, p3
+
+
+def tiny_hf_model(model_type: str, rope_scaling=None):
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500.0,
+                  tie_word_embeddings=False)
+    if model_type == "llama":
+        config = transformers.LlamaConfig(**common, rope_scaling=rope_scaling)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+        with torch.no_grad():  # transformers starts biases at zero: make them matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    return model.eval()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_hf_model
 from specdec_kernels import quant
 from specdec_kernels.models import load_gguf, load_hf, load_model
 from specdec_kernels.models.llama import pair_rows
@@ -12,25 +13,6 @@ from specdec_kernels.models.llama import pair_rows
 TOKENS = torch.tensor([[3, 17, 42, 5, 99, 23, 64, 11, 7, 120, 31, 2]])
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 16}
-
-
-def tiny_hf_model(model_type: str, rope_scaling=None):
-    import transformers
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500.0,
-                  tie_word_embeddings=False)
-    if model_type == "llama":
-        config = transformers.LlamaConfig(**common, rope_scaling=rope_scaling)
-        model = transformers.LlamaForCausalLM(config)
-    else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
-        with torch.no_grad():  # transformers starts biases at zero: make them matter
-            for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                    proj.bias.normal_(0, 0.5)
-    return model.eval()
 
 
 def hf_logits(model):

@@ -1,4 +1,5 @@
-"""The `specdec` console script: `specdec generate ...`, `specdec plan`, `specdec info` and `specdec bench <name> ...`.
+"""The `specdec` console script: `specdec generate ...`, `specdec plan`, `specdec info`, `specdec convert SRC OUT`
+and `specdec bench <name> ...`.
 
 Each subcommand lives in its own module exposing add_arguments(parser) and run(args); they are
 imported only when used, so `specdec bench w4a16` never pays for transformers.
@@ -21,6 +22,7 @@ COMMANDS = {
     "generate": "specdec_kernels.cli.generate",
     "plan": "specdec_kernels.cli.plan",
     "info": "specdec_kernels.cli.info",
+    "convert": "specdec_kernels.cli.convert",
 }
 BENCHES = {
     "w4a16": "specdec_kernels.bench.w4a16",

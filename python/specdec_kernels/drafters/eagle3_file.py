@@ -17,7 +17,7 @@ import torch
 
 from specdec_kernels.extras import optional_imports
 from specdec_kernels.models.hf_loader import _config as hf_config
-from specdec_kernels.models.llama import ModelConfig, base_frequencies, llama3_rope_factors, pair_rows
+from specdec_kernels.models.llama import ModelConfig, base_frequencies, half_rows, llama3_rope_factors, pair_rows
 from specdec_kernels.user_cache import write_atomic
 
 from .eagle3_head import Eagle3Head, check_feature_layers, default_feature_layers
@@ -57,13 +57,6 @@ def public_shapes(c: ModelConfig, n_features: int) -> dict:
 def rotating_heads(c: ModelConfig) -> dict:
     """The file's q/k projections (RoPE rotates halves of their heads' rows) -> their numbers of heads."""
     return {"midlayer.self_attn.q_proj.weight": c.n_heads, "midlayer.self_attn.k_proj.weight": c.n_kv_heads}
-
-
-def half_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """The inverse of pair_rows: q/k rows that rotate adjacent pairs, reordered to rotate halves."""
-    halves = torch.empty_like(weight)
-    halves[pair_rows(torch.arange(weight.shape[0]), n_heads)] = weight
-    return halves
 
 
 # ---------------------------------------------------------------- saving

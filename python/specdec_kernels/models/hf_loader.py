@@ -1,5 +1,5 @@
-"""Load a Hugging Face checkpoint directory (config.json + *.safetensors; Llama or Qwen2) into the runner. A GPTQ
-or AWQ checkpoint (config.json's quantization_config) keeps its 4-bit linears exactly (docs/design.md 3.1.1);
+"""Load a Hugging Face checkpoint directory (config.json + *.safetensors; Llama or Qwen2) into the runner. A GPTQ,
+AWQ or specdec_w4a16 checkpoint (config.json's quantization_config) keeps its 4-bit linears exactly (docs/design.md 3.1.1);
 float linears are RTN-quantized to W4A16 on load (group_size) or kept dense (group_size None)."""
 import glob
 import json
@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from specdec_kernels.checkpoint.format import QUANT_METHOD, check_quantization_config, quantized_weight
 from specdec_kernels.extras import optional_imports
 from specdec_kernels.quant import QuantizedWeight, W4A16Linear, dense_linear, from_awq, from_gptq
 
@@ -65,8 +66,10 @@ def packed_format(hf: dict) -> Optional[PackedFormat]:
         return config[name]
 
     method = required("quant_method")
+    if method == QUANT_METHOD:  # our own (specdec convert): the canonical form as it is
+        return PackedFormat(method, check_quantization_config(config))
     if method not in ("gptq", "awq"):
-        raise ValueError(f"quantization_config.quant_method {method!r} is not supported (gptq, awq)")
+        raise ValueError(f"quantization_config.quant_method {method!r} is not supported (gptq, awq, {QUANT_METHOD})")
     if required("bits") != 4:
         raise ValueError(f"quantization_config.bits is {config['bits']!r}: only 4-bit {method} is supported")
     group_size = required("group_size")
@@ -121,6 +124,8 @@ class Checkpoint:
 
 def packed_weight(tensors: Checkpoint, prefix: str, fmt: PackedFormat) -> QuantizedWeight:
     """The GPTQ/AWQ linear `prefix` (its qweight, qzeros, scales, g_idx) in the canonical form, exactly."""
+    if fmt.method == QUANT_METHOD:
+        return quantized_weight(tensors, prefix, fmt.group_size)
     qweight, qzeros, scales = (tensors[f"{prefix}.{kind}"] for kind in ("qweight", "qzeros", "scales"))
     g_idx = tensors[f"{prefix}.g_idx"] if f"{prefix}.g_idx" in tensors or fmt.desc_act else None
     try:
@@ -169,6 +174,8 @@ def load_hf(path: str, group_size: Optional[int] = 128, max_seq_len: int = 2048)
         raise ValueError(f"model type {hf.get('model_type')!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     c, fmt, tensors = _config(hf, max_seq_len), packed_format(hf), Checkpoint(path)
+    if fmt is not None and fmt.method == QUANT_METHOD:
+        group_size = None  # its float layers (the output layer) are meant to stay float: modules_not_converted
 
     def linear(parts: list, in_features: int, heads=None) -> nn.Module:
         """The named projections stacked along the output dimension (parts: (name, out_features)), with their

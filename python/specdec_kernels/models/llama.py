@@ -75,6 +75,13 @@ def pair_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight[order]
 
 
+def half_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of pair_rows: q/k rows that rotate adjacent pairs, reordered to rotate halves."""
+    halves = torch.empty_like(weight)
+    halves[pair_rows(torch.arange(weight.shape[0]), n_heads)] = weight
+    return halves
+
+
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> torch.Tensor:
     """Unit complex rotations exp(i * position * theta_j): complex64 [B, T, 1, D/2] for positions [B, T]."""
     angles = positions.float()[..., None] * rope_frequencies(config)  # [B, T, D/2]
