@@ -73,10 +73,12 @@ print("ops agree")
 """)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    # the GGUF header check and the Triton kernels (specdec_kernels.triton imports them on first use)
+    # the transformers quantizer, the GGUF header check and the Triton kernels (specdec_kernels.triton imports
+    # them on first use)
     kernels = [f"specdec_kernels.triton.{name}" for name in ("kv_compact", "tree_attention", "tree_verify",
                                                              "w4a16")]
-    assert lines[0].split()[3:] == ["specdec_kernels.quant.gguf_check", *kernels], lines[0]
+    needing = ["specdec_kernels.engines.hf_quantizer", "specdec_kernels.quant.gguf_check", *kernels]
+    assert lines[0].split()[3:] == needing, lines[0]
     assert lines[1] == "ops agree"
 
 
