@@ -8,9 +8,8 @@ import pytest
 import torch
 from helpers import tiny_hf_model, write_tiny_gguf
 from safetensors.torch import load_file, save_file
-from specdec_kernels import quant
 from specdec_kernels.checkpoint.convert import convert
-from specdec_kernels.checkpoint.format import QUANTIZED_FIELDS
+from specdec_kernels.checkpoint.format import QUANTIZED_FIELDS, dequantized
 from specdec_kernels.cli import main
 from specdec_kernels.models import load_gguf, load_hf
 
@@ -26,15 +25,8 @@ def transformers_on(folder: str):
     del config["quantization_config"]
     model_class = getattr(transformers, config["architectures"][0])
     model = model_class(transformers.AutoConfig.for_model(**config)).eval()
-    stored, state = load_file(f"{folder}/model.safetensors"), {}
     group = json.loads(open(f"{folder}/config.json").read())["quantization_config"]["group_size"]
-    for name, t in stored.items():
-        if name.endswith(".qweight"):
-            prefix = name.removesuffix(".qweight")
-            qw = quant.QuantizedWeight(*(stored[f"{prefix}.{f}"] for f in QUANTIZED_FIELDS), group)
-            state[f"{prefix}.weight"] = quant.dequantize(qw)
-        elif not name.endswith((".scales", ".mins")):
-            state[name] = t
+    state = dequantized(load_file(f"{folder}/model.safetensors"), group)
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}  # a tied head is the embedding
     return model

@@ -4,7 +4,7 @@ P.mins ([N, K/G], one float dtype) and P.bias if it has one: W[n, k] = scales[n,
 mins[n, k // G], exactly quant.QuantizedWeight. Every other tensor is a float under its transformers name."""
 import torch
 
-from specdec_kernels.quant import GROUP_SIZES, QuantizedWeight
+from specdec_kernels.quant import GROUP_SIZES, QuantizedWeight, dequantize
 
 QUANT_METHOD = "specdec_w4a16"
 FORMAT_VERSION = 1
@@ -61,3 +61,16 @@ def quantized_weight(tensors, prefix: str, group_size: int) -> QuantizedWeight:
     if scales.dtype != mins.dtype:
         raise ValueError(f"{names['scales']} and {names['mins']} must share a dtype, got {scales.dtype} and {mins.dtype}")
     return QuantizedWeight(qweight, scales, mins, group_size)
+
+
+def dequantized(tensors: dict, group_size: int) -> dict:
+    """A checkpoint's tensors with every converted linear's codes, scales and mins replaced by its float32 weight
+    (the same model as an ordinary float checkpoint: baselines, and transformers' classes as a reference)."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".qweight"):
+            prefix = name.removesuffix(".qweight")
+            out[f"{prefix}.weight"] = dequantize(quantized_weight(tensors, prefix, group_size))
+        elif not name.endswith((".scales", ".mins")):
+            out[name] = t
+    return out
