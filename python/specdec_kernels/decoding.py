@@ -4,6 +4,9 @@ against) and speculative decoding with a drafter's trees, verified losslessly by
 An output ends at a stop token, at max_new_tokens, or when the model's cache is full (GenerationResult.stop_reason);
 up to there greedy speculative decoding gives plain decoding's tokens. A prompt that alone does not fit the cache
 is a ContextOverflow (a ValueError).
+
+The target is a models.Transformer, or anything with its forward, commit, commit_path, cache_lens, max_seq_len
+and config (engines.hf_speculative.HFTarget: a transformers model).
 """
 import math
 import time
@@ -233,7 +236,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
         else:
             accept_idx, accept_len, bonus = ops.tree_verify_sample(draft.tokens, draft.parents, logits, temperature,
                                                                    top_p, top_k, generator=generator)
-        ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
+        target.commit_path(accept_idx, accept_len)
         path = accept_idx[0, : int(accept_len[0])]
         new_tokens = draft.tokens[0, path[1:]].tolist() + [int(bonus[0])]
         unfed_features.append(features[0, path])

@@ -152,8 +152,8 @@ class Transformer(nn.Module):
     """forward(tokens [B, T], positions [B, T], tree_mask=None) -> (logits [B, T, V], final-norm hidden [B, T, dim]).
 
     K/V of the T tokens are written at [cache_lens, cache_lens + T); `commit(n)` then keeps n of them (plain
-    decoding), `ops.kv_compact` keeps an accepted tree path. `logits_to_keep=n > 0` computes the logits of the
-    last n tokens only (a prefill needs one: the output head is the largest GEMM); 0 keeps all.
+    decoding), `commit_path` an accepted tree path (ops.kv_compact). `logits_to_keep=n > 0` computes the logits
+    of the last n tokens only (a prefill needs one: the output head is the largest GEMM); 0 keeps all.
     """
 
     def __init__(self, config: ModelConfig, embedding: torch.Tensor, blocks: list, out_norm: torch.Tensor,
@@ -267,6 +267,11 @@ class Transformer(nn.Module):
     def commit(self, n: int):
         """Keep the last forward's first n tokens in the cache (plain decoding / prefill)."""
         self.cache_lens += n
+
+    def commit_path(self, accept_idx: torch.Tensor, accept_len: torch.Tensor):
+        """Keep the last forward's accepted tree paths (ops.tree_verify_*'s accept_idx, accept_len) in the cache:
+        ops.kv_compact."""
+        ops.kv_compact(self.k_cache, self.v_cache, self.cache_lens, accept_idx, accept_len)
 
     def reset(self):
         self.cache_lens.zero_()
