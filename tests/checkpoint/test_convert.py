@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import tiny_hf_model, write_tiny_gguf
 from safetensors.torch import load_file, save_file
-from specdec_kernels.checkpoint.convert import convert
-from specdec_kernels.checkpoint.format import QUANTIZED_FIELDS, dequantized
+from specdec_kernels.checkpoint.convert import convert, dequantize_folder
+from specdec_kernels.checkpoint.format import QUANTIZED_FIELDS
 from specdec_kernels.cli import main
 from specdec_kernels.models import load_gguf, load_hf
 
@@ -17,19 +17,11 @@ TOKENS = torch.tensor([[3, 17, 22, 5, 39, 23, 4, 11]])
 
 
 def transformers_on(folder: str):
-    """transformers' model class of the folder's config with the folder's weights, 4-bit ones dequantized."""
-    import transformers
+    """transformers' own model class on the folder's weights, the 4-bit ones dequantized (dequantize_folder: the
+    float baseline the engine benchmarks use)."""
+    from transformers import AutoModelForCausalLM
 
-    config = json.loads(open(f"{folder}/config.json").read())
-    assert config["quantization_config"]["quant_method"] == "specdec_w4a16"
-    del config["quantization_config"]
-    model_class = getattr(transformers, config["architectures"][0])
-    model = model_class(transformers.AutoConfig.for_model(**config)).eval()
-    group = json.loads(open(f"{folder}/config.json").read())["quantization_config"]["group_size"]
-    state = dequantized(load_file(f"{folder}/model.safetensors"), group)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}  # a tied head is the embedding
-    return model
+    return AutoModelForCausalLM.from_pretrained(dequantize_folder(folder, f"{folder}-float"), dtype=torch.float32).eval()
 
 
 def runner_logits(model):

@@ -43,36 +43,16 @@ def throughput(url: str, model: str, prompts: list, lanes: int, max_tokens: int)
     return tokens / (time.perf_counter() - start)
 
 
-def write_float(quantized: str, folder: str) -> None:
-    """The specdec_w4a16 folder's model as an ordinary float32 transformers checkpoint: the same weights."""
-    import os
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from specdec_kernels.checkpoint.format import check_quantization_config, dequantized
-
-    with open(os.path.join(quantized, "config.json")) as f:
-        config = json.load(f)
-    group_size = check_quantization_config(config.pop("quantization_config"))
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(quantized):
-        if name.startswith("tokenizer") or name.endswith(".jinja"):
-            shutil.copy(os.path.join(quantized, name), folder)
-    save_file(dequantized(load_file(os.path.join(quantized, "model.safetensors")), group_size),
-              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    print(f"wrote {folder}")
-
-
 def run(args):
     from specdec_kernels.bench.e2e import first_turns
     from specdec_kernels.engines.transformers import chat_prompt_ids, load_tokenizer
     from specdec_kernels.engines.vllm_server import complete, vllm_server
 
     if args.write_float:
-        return write_float(*args.write_float)
+        from specdec_kernels.checkpoint.convert import dequantize_folder
+
+        print(f"wrote {dequantize_folder(*args.write_float)}")
+        return
     tokenizer = load_tokenizer(args.quantized)
     prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": turn}]) for turn in first_turns()[:8]]
     results = {}

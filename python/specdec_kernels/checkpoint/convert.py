@@ -5,6 +5,7 @@ split back into transformers' projections and q/k rows turned back from adjacent
 (models.llama.half_rows), a row permutation that keeps every 4-bit code, scale and min as it was."""
 import json
 import os
+import shutil
 
 import torch
 
@@ -15,7 +16,7 @@ from specdec_kernels.models.llama import Transformer, half_rows
 from specdec_kernels.quant import QuantizedWeight, W4A16Linear, dense_weight
 from specdec_kernels.user_cache import write_atomic
 
-from .format import quantization_config, quantized_tensors
+from .format import check_quantization_config, dequantized, quantization_config, quantized_tensors
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
@@ -142,3 +143,23 @@ def load_tokenizer(source: str):
     from specdec_kernels.engines.transformers import load_tokenizer as load
 
     return load(source)
+
+
+def dequantize_folder(quantized: str, folder: str) -> str:
+    """The specdec_w4a16 folder's model as an ordinary float32 transformers checkpoint in `folder`: the same
+    weights (the baseline that engines' unquantized runs use); -> folder."""
+    with optional_imports():
+        from safetensors.torch import load_file, save_file
+
+    with open(os.path.join(quantized, "config.json")) as f:
+        config = json.load(f)
+    group_size = check_quantization_config(config.pop("quantization_config"))
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(quantized):
+        if name.startswith("tokenizer") or name.endswith(".jinja"):
+            shutil.copy(os.path.join(quantized, name), folder)
+    save_file(dequantized(load_file(os.path.join(quantized, "model.safetensors")), group_size),
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return folder

@@ -30,6 +30,7 @@ BENCHES = {
     "verify": "specdec_kernels.bench.verify",
     "forward": "specdec_kernels.bench.forward",
     "e2e": "specdec_kernels.bench.e2e",
+    "transformers": "specdec_kernels.bench.transformers",  # our quantizer and drafts in transformers
     "vllm": "specdec_kernels.bench.vllm",  # in vLLM's environment (make test-vllm sets it up)
     "gpu-tree": "specdec_kernels.bench.gpu_tree",  # CUDA and Triton tree ops on a GPU
     "triton-compile": "specdec_kernels.bench.triton_compile",  # compile the Triton kernels for sm_80/90, no GPU
