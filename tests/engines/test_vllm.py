@@ -57,6 +57,24 @@ def test_greedy_completions_agree_with_the_runner(converted, server, prompts):
     assert same >= len(prompts) - 1
 
 
+def test_our_eagle3_head_drafts_in_vllm_without_changing_greedy_output(converted, server, prompts):
+    """vLLM's own EAGLE-3 speculative decoding with the shipped EAGLE-3 head (our public folder layout) on our
+    quantized target: the completions are those of the same server without drafts, and drafts are accepted."""
+    from specdec_kernels.drafters.head_file import shipped_file
+    from specdec_kernels.engines.vllm_server import complete, eagle3_config, speculative_counts, vllm_server
+    from specdec_kernels.methods import EAGLE3_SUFFIX
+    from specdec_kernels.models import embedded_model_path
+
+    head = shipped_file(embedded_model_path(), EAGLE3_SUFFIX)
+    plain = [complete(server, converted, ids, MAX_TOKENS)["text"] for ids in prompts]
+    with vllm_server(converted, "--max-num-seqs", "8", *eagle3_config(head)) as url:
+        drafted = [complete(url, converted, ids, MAX_TOKENS)["text"] for ids in prompts]
+        counts = speculative_counts(url)
+    same = sum(a == b for a, b in zip(plain, drafted))
+    print(f"EAGLE-3 in vLLM: {same} of {len(prompts)} completions identical; {counts}")
+    assert same >= len(prompts) - 1 and counts["num_drafts"] > 0 and counts["num_accepted_tokens"] > 0
+
+
 def test_a_bounded_load_completes_every_request(converted, server, prompts):
     from specdec_kernels.engines.vllm_server import complete
 

@@ -1,5 +1,5 @@
 """vLLM serving a specdec_w4a16 folder against vLLM's own unquantized run of the same model (run in vLLM's
-environment, .venv-vllm): specdec bench vllm --quantized FOLDER --float FOLDER [--json PATH]
+environment, .venv-vllm): specdec bench vllm --quantized FOLDER --float FOLDER [--eagle3 HEAD] [--json PATH]
 
 Each server answers the same prompts, greedy, with a fixed number of new tokens (end of sequence ignored): one
 request at a time, then 8 at a time. Reported: generated tokens per second of wall time at each concurrency.
@@ -22,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--float", dest="float_folder", help="the same model unquantized (transformers folder)")
     parser.add_argument("--write-float", nargs=2, metavar=("QUANTIZED", "FOLDER"),
                         help="write FOLDER: the specdec_w4a16 folder's model as a float32 checkpoint, and stop")
+    parser.add_argument("--eagle3", help="also serve the quantized folder with this EAGLE-3 head drafting (vLLM's "
+                        "eagle3 method; a folder in the public layout, drafters.eagle3_file)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--json", help="write the results here")
 
@@ -46,7 +48,7 @@ def throughput(url: str, model: str, prompts: list, lanes: int, max_tokens: int)
 def run(args):
     from specdec_kernels.bench.e2e import first_turns
     from specdec_kernels.engines.transformers import chat_prompt_ids, load_tokenizer
-    from specdec_kernels.engines.vllm_server import complete, vllm_server
+    from specdec_kernels.engines.vllm_server import complete, eagle3_config, speculative_counts, vllm_server
 
     if args.write_float:
         from specdec_kernels.checkpoint.convert import dequantize_folder
@@ -55,18 +57,23 @@ def run(args):
         return
     tokenizer = load_tokenizer(args.quantized)
     prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": turn}]) for turn in first_turns()[:8]]
+    runs = {"specdec_w4a16": (args.quantized, []), "unquantized (float32)": (args.float_folder, [])}
+    if args.eagle3:
+        runs["specdec_w4a16 + EAGLE-3 head"] = (args.quantized, eagle3_config(args.eagle3))
     results = {}
-    for name, folder in (("specdec_w4a16", args.quantized), ("unquantized (float32)", args.float_folder)):
-        with vllm_server(folder, "--max-num-seqs", str(max(CONCURRENCY))) as url:
+    for name, (folder, extra) in runs.items():
+        with vllm_server(folder, "--max-num-seqs", str(max(CONCURRENCY)), *extra) as url:
             complete(url, folder, prompts[0], 8)  # warm-up
             results[name] = {f"{lanes} concurrent": throughput(url, folder, prompts, lanes, args.max_tokens)
                              for lanes in CONCURRENCY}
+            if extra:
+                results[name]["accepted per draft"] = speculative_counts(url)["mean_accepted"]
     base = results["unquantized (float32)"]
     keys = [f"{lanes} concurrent" for lanes in CONCURRENCY]
-    rows = [{"name": name, **{k: r[k] for k in keys}, **{f"{k} ratio": r[k] / base[k] for k in keys}}
-            for name, r in results.items()]
+    rows = [{"name": name, **r, **{f"{k} ratio": r[k] / base[k] for k in keys}} for name, r in results.items()]
     print_table(rows, [("name", "vLLM", "{}")] + [(k, f"tokens/s, {k}", "{:.1f}") for k in keys]
-                + [(f"{k} ratio", f"vs float, {k}", "{:.2f}x") for k in keys])
+                + [(f"{k} ratio", f"vs float, {k}", "{:.2f}x") for k in keys]
+                + [("accepted per draft", "accepted per draft", "{:.2f}")])
     if args.json:
         write_json(args.json, {"results": results, "max_tokens": args.max_tokens,
                                "requests_per_lane": REQUESTS_PER_LANE})

@@ -70,3 +70,23 @@ def complete(url: str, model: str, prompt_ids: list, max_tokens: int) -> dict:
     choice = answer["choices"][0]
     return {"text": choice["text"], "tokens": answer["usage"]["completion_tokens"],
             "finish_reason": choice["finish_reason"]}
+
+
+def speculative_counts(url: str) -> dict:
+    """The server's speculative decoding counters so far (its Prometheus /metrics): drafts, draft tokens and
+    accepted tokens; mean_accepted = accepted tokens per draft, what one target forward gains beyond its own."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    counts = {}
+    for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+        values = [float(line.rsplit(" ", 1)[1]) for line in lines
+                  if line.startswith(f"vllm:spec_decode_{name}_total")]
+        counts[name] = sum(values)
+    counts["mean_accepted"] = counts["num_accepted_tokens"] / max(counts["num_drafts"], 1)
+    return counts
+
+
+def eagle3_config(head_folder: str, tokens: int = 3) -> list:
+    """vllm serve arguments for EAGLE-3 drafting with a head in the public layout (drafters.eagle3_file)."""
+    return ["--speculative-config", json.dumps({"method": "eagle3", "model": head_folder,
+                                                "num_speculative_tokens": tokens})]
