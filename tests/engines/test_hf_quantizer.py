@@ -190,3 +190,26 @@ def test_stored_tensor_outside_the_format_names_it(qwen2, tmp_path, change):
             tensors[f"{Q_PROJ}.{field}"] = alter(stored)
     with pytest.raises(ValueError, match=rf"{Q_PROJ}\.{named} "):
         load(write_folder(tmp_path, qwen2[1].config, tensors))
+
+
+@pytest.mark.model
+def test_the_converted_embedded_model_gives_the_runners_logits(tmp_path):
+    """SmolLM2-135M-Instruct Q4_1 through specdec convert: transformers with this quantizer against our runner on
+    the same folder. Same 4-bit GEMMs (W4A16Linear, 3 activation digits in both); attention, norms and RoPE are
+    each engine's own, so logits agree to float32 rounding over 30 layers, and the greedy tokens are the same."""
+    from specdec_kernels.checkpoint.convert import convert
+    from specdec_kernels.decoding import generate
+    from specdec_kernels.models import embedded_model_path, load_hf
+
+    folder = convert(embedded_model_path(), str(tmp_path / "smollm2-w4"))
+    model, runner = load(folder), load_hf(folder, max_seq_len=256)
+    tokens = torch.tensor([[1, 504, 3458, 314, 253, 1789, 28, 42, 2988, 314]])
+    with torch.no_grad():
+        theirs = model(tokens).logits
+    ours, _ = runner(tokens)
+    assert all(isinstance(layer, quant.W4A16Linear) for layer in decoder_linears(model).values())
+    torch.testing.assert_close(theirs, ours, atol=2e-3 * ours.abs().max().item(), rtol=0)
+    with torch.no_grad():
+        out = model.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=24, do_sample=False)
+    runner.reset()
+    assert out[0, tokens.shape[1]:].tolist() == generate(runner, tokens[0].tolist(), 24).tokens
