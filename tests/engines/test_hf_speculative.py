@@ -141,3 +141,14 @@ def test_bad_input_is_a_value_error(model, drafter):
     sdpa = tiny_hf_model("llama")
     with pytest.raises(ValueError, match="attn_implementation='specdec_tree'"):
         hf.speculative_generate(sdpa, None, [1, 2], NEW_TOKENS)
+
+
+@pytest.mark.model
+def test_a_head_of_another_model_is_refused_at_load(model):
+    """The shipped SmolLM2 head (dim 576) for a tiny model (dim 64): a ValueError naming the mismatch, before any
+    step runs."""
+    from specdec_kernels.drafters import default_head_path
+    from specdec_kernels.models import embedded_model_path
+
+    with pytest.raises(ValueError, match="is a head for dim 576"):
+        EagleDrafter.from_file(default_head_path(embedded_model_path()), hf.HFTarget(model))
