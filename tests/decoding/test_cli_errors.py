@@ -98,6 +98,23 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch):
         cli.main(["generate", "hi"])
 
 
+def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_130(monkeypatch, capsys):
+    """safetensors turns a Ctrl-C that lands mid-read into a ValueError (seen when the drafter loaded just as the
+    user pressed it): still an interrupt, not a traceback."""
+    def interrupted_inside_a_library(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 1.0)  # delivery point for the handler, at most a second
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+        raise AssertionError("no KeyboardInterrupt")
+
+    monkeypatch.setattr(generate_cli, "run", interrupted_inside_a_library)
+    assert cli.main(["generate", "hi"]) == 130
+    assert capsys.readouterr().err.strip() == "specdec: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 @pytest.mark.model
 def test_ctrl_c_while_generating_exits_130_without_a_traceback():
     try:

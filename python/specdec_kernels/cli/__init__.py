@@ -12,7 +12,9 @@ both without a traceback. Anything else keeps its traceback: it is a bug.
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from specdec_kernels.extras import MissingExtra
 
@@ -67,21 +69,51 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a library that catches it mid-call and raises
+    another error (safetensors turns it into a ValueError while a file is read) must not turn an interrupt into
+    a traceback. Left alone where Ctrl-C is ignored (a shell's background job) or off the main thread."""
+
+    def __enter__(self):
+        self.seen, self.previous = False, None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def _interrupt(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = _parse(argv)
-        return args.run(args)
-    except (UsageError, MissingExtra) as err:
-        print(f"specdec: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nspecdec: interrupted", file=sys.stderr)  # the newline: streamed text may have stopped mid-line
-        return 130
-    except BrokenPipeError:  # whoever read our output stopped (`specdec generate ... | head`): stop quietly
-        # stdout still holds unwritten text; point it at /dev/null, or Python's exit flush complains again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    with _Interrupts() as interrupts:
+        try:
+            args = _parse(argv)
+            return args.run(args)
+        except (UsageError, MissingExtra) as err:
+            print(f"specdec: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return _interrupted()
+        except BrokenPipeError:  # whoever read our output stopped (`specdec generate ... | head`): stop quietly
+            # stdout still holds unwritten text; point it at /dev/null, or Python's exit flush complains again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except Exception:
+            if interrupts.seen:  # Ctrl-C, turned into another error on its way up
+                return _interrupted()
+            raise
+
+
+def _interrupted() -> int:
+    print("\nspecdec: interrupted", file=sys.stderr)  # the newline: streamed text may have stopped mid-line
+    return 130
 
 
 if __name__ == "__main__":
