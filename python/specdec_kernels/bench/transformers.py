@@ -3,7 +3,8 @@
 The model converted to a specdec_w4a16 folder (specdec convert) and the same weights as a float32 folder; each
 row decodes the first turn of the e2e prompts (one per category unless --limit), greedy, the methods taking
 turns on each prompt:
-- float32: transformers' model.generate on the dequantized weights (what a transformers user runs);
+- float32: transformers' model.generate on the dequantized weights (what a transformers user runs), alone and
+  with its own prompt lookup (assisted decoding, 10 tokens);
 - specdec_w4a16: model.generate with our quantizer (engines/hf_quantizer.py: each linear a W4A16Linear);
 - specdec_w4a16 + pld / + eagle2: hf.speculative_generate on that model, our tree attention verifying prompt-
   lookup chains, or EAGLE-2 trees of the model's shipped EAGLE head (greedy: the same tokens as generate).
@@ -48,14 +49,15 @@ def run(args):
     drafter = EagleDrafter.from_file(head, hf.HFTarget(w4_model)) if head else None
     stop = [tokenizer.eos_token_id]
 
-    def generate(model, ids):
+    def generate(model, ids, **extra):
         inputs = torch.tensor([ids])
         out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=args.max_new_tokens,
-                             do_sample=False, eos_token_id=stop, pad_token_id=stop[0])
+                             do_sample=False, eos_token_id=stop, pad_token_id=stop[0], **extra)
         return out[0, len(ids):].tolist()
 
     methods = {
         "float32 generate": lambda ids: generate(float_model, ids),
+        "float32 + transformers' prompt lookup": lambda ids: generate(float_model, ids, prompt_lookup_num_tokens=10),
         "specdec_w4a16 generate": lambda ids: generate(w4_model, ids),
         "specdec_w4a16 + pld": lambda ids: hf.speculative_generate(w4_model, None, ids, args.max_new_tokens,
                                                                    lookup=NgramLookup(), stop_tokens=stop).tokens,
