@@ -113,8 +113,7 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
             accept_idx, accept_len, bonus = ops.tree_verify_sample(tree.tokens, tree.parents, tree_logits,
                                                                    temperature, top_p, top_k, generator=generator)
             kept_idx = accept_idx if not skip else torch.cat([accept_idx.new_zeros(1, 1), accept_idx + 1], 1)
-            ops.kv_compact(intermediate.k_cache, intermediate.v_cache, intermediate.cache_lens, kept_idx,
-                           accept_len + skip)
+            intermediate.commit_path(kept_idx, accept_len + skip)
             lag = None
             nodes = accept_idx[0, : int(accept_len[0])]
             accepted = tree.tokens[0, nodes[1:]].tolist() + [int(bonus[0])]
@@ -136,7 +135,7 @@ def hierarchical_generate(target: Transformer, intermediate: Transformer, drafte
             draft_probs = torch.stack(proposals + [last])[None]
         accept_idx, accept_len, bonus = ops.tree_verify_sample(chain.tokens, chain.parents, logits, temperature, top_p,
                                                                top_k, draft_probs=draft_probs, generator=generator)
-        ops.kv_compact(target.k_cache, target.v_cache, target.cache_lens, accept_idx, accept_len)
+        target.commit_path(accept_idx, accept_len)
         kept = int(accept_len[0]) - 1  # sequence tokens the target accepted
         tick = time.perf_counter()
         if lag is not None:  # no round ran (the cache is nearly full): feed it now
