@@ -34,6 +34,8 @@ METHODS = {
     "vanilla": "plain decoding, one token per target forward",
     "pld": "prompt lookup alone (no draft head): each step verifies the lookup chain (drafters.ngram)",
     "chain": "the EAGLE head's chain (drafters.DEFAULT_CHAIN)",
+    "chain-2": "the EAGLE head's chain of 2 draft tokens",
+    "chain-3": "the EAGLE head's chain of 3 draft tokens",
     "eagle2": "EAGLE-2 dynamic trees (drafters.DEFAULT_TREE)",
     "chain-pld": "the head's chain with a prompt-lookup chain grafted in (drafters.ngram)",
     "eagle2-pld": "EAGLE-2 trees with a prompt-lookup chain grafted in",
@@ -54,6 +56,11 @@ PLANNED = ("auto", "auto-tree")
 EAGLE3 = ("eagle3", "eagle3-pld")
 EAGLE3_SUFFIX = ".eagle3"  # heads/<model file name>.eagle3/: the shipped EAGLE-3 head's folder
 EAGLE3_SHAPE = DEFAULT_TREE
+FIXED_CHAINS = {"chain-2": DraftShape.chain(2), "chain-3": DraftShape.chain(3)}  # beside `chain`, for comparisons
+# The predictor's 0 (a plain step) is raised to one draft token: where it predicts 0, the head's first token is
+# still accepted ~27% of the time, and drafting and verifying it costs ~7% of a plain step on CPUs
+# (docs/notes.md, "Draft-length predictor (LDLP)"). The paper's GPUs pay more per draft token than that.
+ADA_MIN_LENGTH = 1
 
 
 class MissingPart(Exception):
@@ -161,6 +168,7 @@ class Decoder:
     def predictor(self) -> LengthPredictor:
         if self._predictor is None:
             self._predictor = load_predictor(self.predictor_path, self.model)
+            self._predictor.min_length = ADA_MIN_LENGTH
         return self._predictor
 
     @property
@@ -202,7 +210,7 @@ class Decoder:
                                         lookup=NgramLookup() if method.endswith("-pld") else None, **options)
         ada = method in NEEDS_PREDICTOR
         shape = (self.tree if method.startswith("eagle2") else
-                 DraftShape.chain(self.predictor.config.k_max) if ada else self.chain)
+                 DraftShape.chain(self.predictor.config.k_max) if ada else FIXED_CHAINS.get(method, self.chain))
         drafter = self._drafter or DeferredDrafter(lambda: self.drafter)  # built after the first token is out
         return speculative_generate(self.model, drafter, prompt_ids, max_new_tokens, shape=shape,
                                     lookup=NgramLookup() if method.endswith("-pld") else None,

@@ -290,6 +290,26 @@ def test_predictor_saying_zero_gives_one_token_per_step(tiny, head, method):
     assert set(out.draft_lengths) == {0}
 
 
+@pytest.mark.parametrize("method", ADA_SHAPES)
+def test_a_floor_of_one_turns_predicted_zeros_into_one_draft_token(tiny, head, method):
+    prompt = PROMPTS[0]
+    predictor = constant_predictor(tiny, -50.0)
+    predictor.min_length = 1
+    assert predictor.lengths(torch.randn(3, tiny.config.dim), torch.randn(3, tiny.config.dim), torch.rand(3)).tolist() == [1] * 3
+    out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, 20, shape=ADA_SHAPES[method], predictor=predictor)
+    assert out.tokens == generate(tiny, prompt, 20).tokens
+    assert set(out.draft_lengths) == {1} and min(out.draft_sizes) >= 2
+
+
+def test_the_decoder_floors_its_predictor_at_ada_min_length(tiny, tmp_path):
+    from specdec_kernels.methods import ADA_MIN_LENGTH, Decoder
+
+    path = str(tmp_path / "p.ldlp.safetensors")
+    save_predictor(predictor_for(tiny), path)
+    assert load_predictor(path, tiny).min_length == 0  # a policy of the decoder, not of the file
+    assert Decoder("tiny.gguf", tiny, predictor_path=path).predictor.min_length == ADA_MIN_LENGTH == 1
+
+
 def test_length_is_clipped_to_the_cache_room(tiny, head):
     """Near max_seq_len a predicted chain of K_MAX is cut to the free cache slots (root included)."""
     new_tokens = 12

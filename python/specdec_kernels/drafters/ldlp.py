@@ -58,6 +58,7 @@ class LengthPredictor(nn.Module):
         self.w_in = nn.Linear(2 * config.dim + 1, config.hidden_dim)
         self.w_mid = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.w_out = nn.Linear(config.hidden_dim, 1)
+        self.min_length = 0  # a decoding policy, not learned (not saved): methods.ADA_MIN_LENGTH sets it
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """embeds, features [.., dim], confidence [..] -> the real-valued length (what training's loss sees)."""
@@ -74,8 +75,8 @@ class LengthPredictor(nn.Module):
 
     @torch.no_grad()
     def lengths(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        """Draft lengths int64 [..] in [0, k_max]; 0 means a plain decoding step."""
-        return to_length(self(embeds, features, confidence), self.config.k_max)
+        """Draft lengths int64 [..] in [min_length, k_max]; 0 means a plain decoding step."""
+        return to_length(self(embeds, features, confidence), self.config.k_max).clamp(min=self.min_length)
 
 
 def to_length(raw: torch.Tensor, k_max: int) -> torch.Tensor:
