@@ -51,6 +51,28 @@ def test_forward_cost_rows(tmp_path):
         forward.measure(model, [8], cache=model.max_seq_len - 4, repeats=1, bandwidth=1e10, target_speedup=1.5)
 
 
+def test_forward_stages_name_each_gemm_and_account_for_the_wall_time(tmp_path):
+    from helpers import write_tiny_gguf
+    from specdec_kernels.models import load_model
+
+    path = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(path)
+    model = load_model(path)
+    forward.measure(model, [2], cache=8, repeats=1, bandwidth=1e10, target_speedup=1.5)  # sets the cache up
+    stages = forward.stage_times(model, [1, 3], repeats=2)
+    assert list(stages) == [1, 3]
+    c = model.config
+    qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+    for per_op in stages.values():
+        assert all(ms >= 0 for ms in per_op.values())
+        assert "tree_attention" in per_op and "outside ops (Python, dispatch)" in per_op
+        gemms = [name for name in per_op if name.startswith("W4A16")]
+        assert any(name.endswith(f" x {c.dim}") and int(name.split()[1]) >= qkv for name in gemms), gemms
+    assert int(model.cache_lens[0]) == 8  # profiling commits nothing
+    with pytest.raises(ValueError, match="does not fit"):
+        forward.stage_times(model, [model.max_seq_len], repeats=1)
+
+
 @pytest.mark.model
 def test_e2e_json_keys(tmp_path):
     prompts = tmp_path / "p.jsonl"

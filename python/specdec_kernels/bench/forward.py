@@ -6,8 +6,20 @@ the table shows the tau each T needs for `--target-speedup`. Where the GEMMs are
 a CPU with many cores per byte of weights) the ratio stays near 1 for dozens of nodes; where they are
 compute-bound it grows with every node. All sizes run interleaved in one process on the same cache; the
 memory roofline is the packed weights' bytes over the measured copy bandwidth.
+
+A second table splits the forward of a few T (`--stages`) into its ops, from torch's profiler: each of our
+ops (GEMMs named by their weight's N x K), torch's own ops together, and the time outside any op (Python,
+dispatch). The profiler costs several microseconds per op, so the stages sum to more than the forward alone
+(its last row, from the first table): read which stages grow with T.
 """
+import os
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from specdec_kernels import tree
 from specdec_kernels.bench.common import (
@@ -19,6 +31,7 @@ from specdec_kernels.bench.common import (
 )
 
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
+STAGE_TOKENS = (1, 4, 16)
 
 
 def add_arguments(parser):
@@ -28,6 +41,8 @@ def add_arguments(parser):
     parser.add_argument("--target-speedup", type=float, default=1.5)
     parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the GEMMs "
                         "(default: models.RUNNER_X_DIGITS)")
+    parser.add_argument("--stages", default=",".join(map(str, STAGE_TOKENS)), help="the T whose forward is split "
+                        "into its ops (comma-separated; '' for none)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--json", help="write the points here")
 
@@ -64,6 +79,67 @@ def measure(model, sizes, cache: int, repeats: int, bandwidth: float, target_spe
              "memory_roofline": bytes_read / bandwidth / s} for t, s in times.items()]
 
 
+def stage_name(event) -> str:
+    """A profiled op -> its stage: our GEMMs by weight shape (N x K, N padded to whole tiles), our other ops by
+    name, torch's own ops (views, allocation) together."""
+    namespace, _, name = event.key.partition("::")
+    if namespace != "specdec":
+        return "torch ops (views, allocation)"
+    if name.endswith("_gemm"):
+        x, packed = event.input_shapes[0], event.input_shapes[1]
+        return f"{name.split('_')[0].upper()} {packed[0] * packed[2]} x {x[1]}"
+    return name
+
+
+@contextmanager
+def kineto_lines_dropped():
+    """torch's profiler (kineto) writes two trace lines to file descriptor 2 per session, past Python's sys.stderr
+    and any setting found; they would split the tables, so descriptor 2 points to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@torch.inference_mode()
+def stage_times(model, sizes, repeats: int) -> dict:
+    """-> {T: {stage: ms per forward}} over `repeats` profiled forwards at the model's current cache; "outside
+    ops" is the wall time no op accounts for."""
+    result = {}
+    for t in sizes:
+        if t < 1 or int(model.cache_lens[0]) + t > model.max_seq_len:
+            raise ValueError(f"--stages: T = {t} does not fit after the cache of {int(model.cache_lens[0])} tokens")
+        forward = chain_forward(model, t, seed=t)
+        forward()
+        with kineto_lines_dropped(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiled:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                forward()
+            wall = time.perf_counter() - start
+        stages = defaultdict(float)
+        for event in profiled.key_averages(group_by_input_shape=True):
+            stages[stage_name(event)] += event.self_cpu_time_total / 1e3 / repeats
+        stages["outside ops (Python, dispatch)"] = max(wall * 1e3 / repeats - sum(stages.values()), 0.0)
+        result[t] = dict(sorted(stages.items(), key=lambda item: -item[1]))
+    return result
+
+
+def print_stages(stages: dict, unprofiled: dict):
+    """unprofiled: {T: ms} of the first table, beside the profiled total (the profiler's own cost is the gap)."""
+    sizes = list(stages)
+    names = list(stages[sizes[-1]])  # the largest T's order: where the growth is
+    rows = [{"stage": name, **{f"T{t}": stages[t].get(name, 0.0) for t in sizes}} for name in names]
+    rows.append({"stage": "total", **{f"T{t}": sum(stages[t].values()) for t in sizes}})
+    rows.append({"stage": "the forward without the profiler", **{f"T{t}": unprofiled.get(t) for t in sizes}})
+    print_table(rows, [("stage", "stage (ms per forward, profiled)", "{}")] +
+                [(f"T{t}", f"T = {t}", "{:.3f}") for t in sizes])
+
+
 def run(args):
     from specdec_kernels.models import RUNNER_X_DIGITS, embedded_model_path, load_model
 
@@ -79,8 +155,12 @@ def run(args):
     print_table(rows, [("T", "T", "{}"), ("ms", "ms", "{:.2f}"), ("vs_T1", "x T=1", "{:.2f}"),
                        ("tokens_per_forward_needed", f"tokens/forward for {args.target_speedup}x", "{:.2f}"),
                        ("memory_roofline", "memory roofline", "{:.0%}")])
+    stages = stage_times(model, [int(t) for t in args.stages.split(",") if t.strip()], args.repeats)
+    if stages:
+        print()
+        print_stages(stages, {row["T"]: row["ms"] for row in rows})
     if args.json:
         write_json(args.json, {"machine": info, "model": path, "cache": args.cache, "copy_bandwidth_GBps": bandwidth / 1e9,
                                "weight_bytes": weight_bytes(model), "target_speedup": args.target_speedup,
-                               "points": rows})
+                               "points": rows, "stage_ms": {str(t): v for t, v in stages.items()}})
     return 0
