@@ -69,8 +69,17 @@ def test_forward_stages_name_each_gemm_and_account_for_the_wall_time(tmp_path):
         gemms = [name for name in per_op if name.startswith("W4A16")]
         assert any(name.endswith(f" x {c.dim}") and int(name.split()[1]) >= qkv for name in gemms), gemms
     assert int(model.cache_lens[0]) == 8  # profiling commits nothing
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="exceeds"):
         forward.stage_times(model, [model.max_seq_len], repeats=1)
+
+
+def test_token_counts_parse_and_refuse():
+    from specdec_kernels.cli.args import token_counts
+
+    assert token_counts("1,4, 16") == [1, 4, 16] and token_counts("") == []
+    for text in ("1,x", "0,4", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="integers >= 1"):
+            token_counts(text)
 
 
 @pytest.mark.model

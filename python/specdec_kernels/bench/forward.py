@@ -35,16 +35,23 @@ STAGE_TOKENS = (1, 4, 16)
 
 
 def add_arguments(parser):
+    from specdec_kernels.cli.args import token_counts
+
     parser.add_argument("--model", help="a GGUF file or a Hugging Face directory (default: the embedded model)")
-    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="tree sizes T (comma-separated)")
+    parser.add_argument("--tokens", type=token_counts, default=list(TOKENS), help="tree sizes T (comma-separated)")
     parser.add_argument("--cache", type=int, default=200, help="tokens already in the cache (a prompt)")
     parser.add_argument("--target-speedup", type=float, default=1.5)
     parser.add_argument("--x-digits", type=int, default=None, help="activation digits of the GEMMs "
                         "(default: models.RUNNER_X_DIGITS)")
-    parser.add_argument("--stages", default=",".join(map(str, STAGE_TOKENS)), help="the T whose forward is split "
+    parser.add_argument("--stages", type=token_counts, default=list(STAGE_TOKENS), help="the T whose forward is split "
                         "into its ops (comma-separated; '' for none)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--json", help="write the points here")
+
+
+def check_fits(model, cache: int, sizes) -> None:
+    if sizes and cache + max(sizes) > model.max_seq_len:
+        raise ValueError(f"cache {cache} + T {max(sizes)} exceeds the model's {model.max_seq_len} positions")
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -65,8 +72,7 @@ def chain_forward(model, t: int, seed: int):
 @torch.inference_mode()
 def measure(model, sizes, cache: int, repeats: int, bandwidth: float, target_speedup: float) -> list:
     """-> one row per T: ms, the ratio to T = 1, the tokens per forward that T needs for target_speedup."""
-    if cache + max(sizes) > model.max_seq_len:
-        raise ValueError(f"cache {cache} + T {max(sizes)} exceeds the model's {model.max_seq_len} positions")
+    check_fits(model, cache, sizes)
     sizes = sorted(set(sizes) | {1})
     model.setup_cache(1, model.max_seq_len) if model.cache_lens.shape[0] != 1 else model.reset()
     if cache:
@@ -110,10 +116,9 @@ def kineto_lines_dropped():
 def stage_times(model, sizes, repeats: int) -> dict:
     """-> {T: {stage: ms per forward}} over `repeats` profiled forwards at the model's current cache; "outside
     ops" is the wall time no op accounts for."""
+    check_fits(model, int(model.cache_lens[0]), sizes)
     result = {}
     for t in sizes:
-        if t < 1 or int(model.cache_lens[0]) + t > model.max_seq_len:
-            raise ValueError(f"--stages: T = {t} does not fit after the cache of {int(model.cache_lens[0])} tokens")
         forward = chain_forward(model, t, seed=t)
         forward()
         with kineto_lines_dropped(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiled:
@@ -141,21 +146,25 @@ def print_stages(stages: dict, unprofiled: dict):
 
 
 def run(args):
+    from specdec_kernels.cli.args import UsageError
     from specdec_kernels.models import RUNNER_X_DIGITS, embedded_model_path, load_model
 
     path = args.model or embedded_model_path()
     model = load_model(path, x_digits=args.x_digits or RUNNER_X_DIGITS)
     bandwidth = copy_bandwidth()
     info = machine_info(torch.device("cpu"))
-    sizes = [int(t) for t in args.tokens.split(",")]
+    try:
+        check_fits(model, args.cache, args.tokens + args.stages)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     print(f"# runner forward over T tree nodes, {info['cpu_isa']}, {info['threads']} threads, cache {args.cache}; "
           f"{weight_bytes(model) / 2**20:.0f} MiB of packed weights, copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
           f"median of {args.repeats} interleaved runs")
-    rows = measure(model, sizes, args.cache, args.repeats, bandwidth, args.target_speedup)
+    rows = measure(model, args.tokens, args.cache, args.repeats, bandwidth, args.target_speedup)
     print_table(rows, [("T", "T", "{}"), ("ms", "ms", "{:.2f}"), ("vs_T1", "x T=1", "{:.2f}"),
                        ("tokens_per_forward_needed", f"tokens/forward for {args.target_speedup}x", "{:.2f}"),
                        ("memory_roofline", "memory roofline", "{:.0%}")])
-    stages = stage_times(model, [int(t) for t in args.stages.split(",") if t.strip()], args.repeats)
+    stages = stage_times(model, args.stages, args.repeats)
     if stages:
         print()
         print_stages(stages, {row["T"]: row["ms"] for row in rows})

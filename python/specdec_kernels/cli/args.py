@@ -28,6 +28,9 @@ positive_int = _checked(int, "an integer >= 1", lambda v: v >= 1)
 non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
 non_negative_float = _checked(float, "a number >= 0", lambda v: math.isfinite(v) and v >= 0)
 top_p = _checked(float, "in (0, 1]", lambda v: 0 < v <= 1)  # 0 would keep no token at all
+# comma-separated token counts, possibly none ('')
+token_counts = _checked(lambda text: [int(t) for t in text.split(",") if t.strip()], "integers >= 1, comma-separated",
+                        lambda v: all(t >= 1 for t in v))
 
 
 def readable_file(text: str) -> str:
