@@ -17,6 +17,7 @@ import torch
 
 from . import ops
 from .drafters import DEFAULT_TREE, Drafter, DraftShape, LengthPredictor, NgramLookup
+from .drafters.ldlp import OnePositionPredictor
 from .models import Transformer
 from .reference import sample_from, target_probs
 from .tree import MAX_TREE_NODES, DraftTree
@@ -165,15 +166,14 @@ def _prefill(model: Transformer, prompt: List[int], drafter=None):
     return out
 
 
-def step_shape(target: Transformer, shape: DraftShape, room: int, predictor: Optional[LengthPredictor],
+def step_shape(target: Transformer, shape: DraftShape, room: int, predictor: Optional[OnePositionPredictor],
                last_token: int, last_feature: torch.Tensor, root_log_probs: torch.Tensor) -> DraftShape:
     """This step's draft shape: `shape`, its depth limited to the length the predictor chooses (if given;
     AdaEAGLE: 0 is the root alone, a plain step), cut to `room` nodes. The predictor decides from the last
     accepted token x_j, its final-norm feature f_j (the pair train/ldlp.py labels; the root is x_{j+1}) and
     the drafter's top-1 probability for the root's first child."""
     if predictor is not None:
-        confidence = root_log_probs.max().exp()
-        length = int(predictor.lengths(target.embedding[last_token].float(), last_feature.float(), confidence))
+        length = predictor(target.embedding[last_token], last_feature, float(root_log_probs.max().exp()))
         shape = DraftShape(shape.total_tokens if length else 1, min(shape.depth, length), shape.top_k)
     return shape.within(room)
 
@@ -207,6 +207,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
     last_token, last_hidden = prompt[-1], hidden[0, -1]  # at the last feature's position: the predictor's x_j, f_j
     if planner is not None:
         planner.reset()
+    one_position = OnePositionPredictor(predictor) if predictor is not None else None
     while True:
         if any(out.emit(t) for t in new_tokens):  # stops at the first token that ends the output
             return result
@@ -220,7 +221,7 @@ def speculative_generate(target: Transformer, drafter: Drafter, prompt_ids: Iter
             root_hidden, root_log_probs = drafter.extend(torch.tensor(unfed_tokens), torch.cat(unfed_features))
             unfed_tokens, unfed_features = [], []
             step = (planner.shape.within(room) if planner is not None else
-                    step_shape(target, shape, room, predictor, last_token, last_hidden, root_log_probs))
+                    step_shape(target, shape, room, one_position, last_token, last_hidden, root_log_probs))
             draft = drafter.grow_tree(new_tokens[-1], root_hidden, root_log_probs, step, planner)
         else:  # the root alone: a plain step
             draft = DraftTree(torch.tensor([new_tokens[-1:]]), torch.tensor([[-1]]), values=[0.0])

@@ -12,7 +12,7 @@ from specdec_kernels.drafters import (
     load_predictor,
     save_predictor,
 )
-from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, to_length
+from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, OnePositionPredictor, to_length
 from specdec_kernels.train.eagle import generate_batch
 from specdec_kernels.train.ldlp import best_constant, chain_labels, evaluate, examples, train, weighted_l1
 from specdec_kernels.train.ldlp import main as train_main
@@ -62,6 +62,31 @@ def test_predictor_lengths_stay_in_range(tiny, bias, expected):
         predictor.w_out.bias.fill_(bias)
     lengths = predictor.lengths(torch.randn(5, tiny.config.dim), torch.randn(5, tiny.config.dim), torch.rand(5))
     assert lengths.tolist() == [expected] * 5
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("min_length", [0, 1])
+def test_one_position_predictor_matches_the_module(tiny, seed, min_length):
+    """Decoding's numpy snapshot gives predictor.lengths' length at every position whose raw value is not within
+    float32 rounding of a half; inputs at the embedded model's scales (features ~15x the embeddings), raw values
+    spread over [0, k_max] and past it, non-default norm affine and float16 features."""
+    predictor = predictor_for(tiny, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        predictor.norm.weight.uniform_(0.5, 2.0, generator=generator)
+        predictor.norm.bias.normal_(0, 0.3, generator=generator)
+        predictor.w_out.weight.mul_(20.0)
+        predictor.w_out.bias.fill_(K_MAX / 2)
+    predictor.min_length = min_length
+    one_position = OnePositionPredictor(predictor)
+    embeds = torch.randn(400, tiny.config.dim, generator=generator)
+    features = (15 * torch.randn(400, tiny.config.dim, generator=generator)).half()
+    confidence = torch.rand(400, generator=generator)
+    raw, lengths = predictor(embeds, features, confidence), predictor.lengths(embeds, features, confidence)
+    got = torch.tensor([one_position(e, f, float(c)) for e, f, c in zip(embeds, features, confidence)])
+    clear = (raw - raw.round()).abs() < 0.5 - 1e-4
+    assert clear.sum() > 390 and torch.equal(got[clear], lengths[clear])
+    assert set(lengths.tolist()) == set(range(min_length, K_MAX + 1))  # every length and both clips were seen
 
 
 def test_file_round_trip(tiny, tmp_path):
@@ -255,14 +280,15 @@ def test_greedy_with_a_predictor_is_plain_greedy(tiny, head, trained_predictor, 
     assert len(lengths) >= 3, f"the predictor chose too few lengths to test: {lengths}"
 
 
-def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head):
+def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head, monkeypatch):
     """Each step the predictor gets (embed(x_j), f_j) for the token x_j before the step's root, the pair
     train/ldlp.py trained it on (checked against one forward over the whole output), and the drafter's
     top-1 probability for the root's first child (a probability)."""
     seen = []
     predictor = random_predictor(tiny)
-    forward = predictor.forward
-    predictor.forward = lambda *inputs: (seen.append(inputs), forward(*inputs))[1]
+    decide = OnePositionPredictor.__call__  # decoding's form of the predictor (one position per step)
+    monkeypatch.setattr(OnePositionPredictor, "__call__",
+                        lambda self, *inputs: (seen.append(inputs), decide(self, *inputs))[1])
     prompt = PROMPTS[2]
     out = speculative_generate(tiny, EagleDrafter(tiny, head), prompt, 30, shape=ADA_SHAPES["ada"],
                                predictor=predictor)
@@ -273,9 +299,9 @@ def test_predictor_sees_the_last_accepted_token_and_its_feature(tiny, head):
     emitted = 1  # the token the prefill chose
     assert len(seen) == out.steps
     for (embeds, features, confidence), accepted in zip(seen, out.accepted_per_step):
-        assert confidence.shape == () and 0 < float(confidence) <= 1
+        assert isinstance(confidence, float) and 0 < confidence <= 1
         j = len(prompt) + emitted - 2  # the root is x_{j+1}, the last token emitted
-        assert torch.equal(embeds, tiny.embedding[sequence[j]].float())
+        assert torch.equal(embeds.float(), tiny.embedding[sequence[j]].float())
         torch.testing.assert_close(features, hidden[0, j], atol=1e-4, rtol=1e-4)
         emitted += accepted
 
