@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
-from specdec_kernels.bench.common import CacheFlusher
+from specdec_kernels.bench.common import CacheFlusher, cpu_description, machine_info
 from specdec_kernels.cli.args import UsageError
 from specdec_kernels.decoding import STOP_REASONS
 from specdec_kernels.models import RUNNER_X_DIGITS
@@ -32,6 +32,15 @@ def test_verify_point_and_naive_agree():
 
     accept_idx, accept_len, ours_bonus = ops.tree_verify_greedy(tokens, parents, logits)
     assert path.tolist() == accept_idx[0, : int(accept_len[0])].tolist() and bonus == int(ours_bonus[0])
+
+
+def test_results_name_the_cpu_with_its_family_and_model(tmp_path):
+    """A VM may call a Zen 3 and a Zen 5 both 'AMD EPYC': the family and model numbers tell them apart."""
+    with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    family = next(line.split(":")[1].strip() for line in cpuinfo.splitlines() if line.startswith("cpu family"))
+    assert f"family {family}, model " in cpu_description()
+    assert machine_info(torch.device("cpu"))["cpu"] == cpu_description()
 
 
 def test_forward_cost_rows(tmp_path):

@@ -4,7 +4,6 @@ The machine these run on is shared and noisy, so every benchmark interleaves the
 (round-robin over repeats) and reports ratios measured side by side.
 """
 import json
-import platform
 import statistics
 import time
 from typing import Callable, Dict, Optional
@@ -97,11 +96,32 @@ def matmul_peak(device: torch.device = torch.device("cpu"), dtype=torch.float32,
     return 2 * size**3 / best_seconds(lambda: a @ b, 10, device)
 
 
+def cpu_description() -> str:
+    """The CPU's model name with its family and model numbers, which tell generations apart where a VM shortens the
+    name (AMD EPYC, family 25, model 1: Zen 3); the name alone where /proc/cpuinfo has no numbers."""
+    from specdec_kernels.planner.costs import cpu_name
+
+    numbers = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
+                    numbers[key.strip()] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        pass
+    if len(numbers) < 2:
+        return cpu_name()
+    return f"{cpu_name()}, family {numbers['cpu family']}, model {numbers['model']}"
+
+
 def machine_info(device: torch.device) -> dict:
     from specdec_kernels import _C
 
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-            "cpu": platform.processor() or platform.machine(), "cpu_isa": _C.cpu_isa()}
+            "cpu": cpu_description(), "cpu_isa": _C.cpu_isa()}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
