@@ -22,8 +22,8 @@ metadata (the command that trained it).
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 import numpy as np
+import torch
 from torch import nn
 from torch.nn import functional as F
 
