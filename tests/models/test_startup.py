@@ -12,6 +12,7 @@ import pytest
 from helpers import embedded_model_or_skip
 
 FIRST_TOKEN_S = 2.0
+TORCH_IMPORT_S = 1.0  # torch's import where the 2 s were set (Sapphire Rapids); Zen 3 VMs take 2.4-2.5 s
 TRIES = 3
 
 
@@ -45,12 +46,27 @@ def test_the_first_token_within_two_seconds(model_path, tmp_path):
     nothing about what the command costs; a command that costs more than 2 s fails every try. With another
     process keeping one of the two cores busy, runs take 1.5-2.6 s: the forward's two OpenMP threads spin at
     each barrier waiting for each other (prefill and first token 1.2 s instead of 0.05 s; OMP_WAIT_POLICY=PASSIVE
-    or OMP_NUM_THREADS=1 give 1.1-1.3 s then), so this test belongs in a serial run, as CI runs it."""
+    or OMP_NUM_THREADS=1 give 1.1-1.3 s then), so this test belongs in a serial run, as CI runs it.
+
+    On a CPU where torch itself takes longer to import (2.4-2.5 s on a Zen 3 VM, where the command took 2.36 s at
+    best), the bound grows by torch's excess over 1 s: the library's share stays what it was."""
     seconds_to_first_output(tmp_path)  # builds the caches
+    # torch's own import, beyond the second it took where the bound was set, is not the library's to cut
+    bound = FIRST_TOKEN_S + max(0.0, torch_import_seconds() - TORCH_IMPORT_S)
     times = []
-    while len(times) < TRIES and (not times or min(times) >= FIRST_TOKEN_S):
+    while len(times) < TRIES and (not times or min(times) >= bound):
         times.append(seconds_to_first_output(tmp_path))
-    assert min(times) < FIRST_TOKEN_S, f"first token after {times} s (best of {len(times)} runs)"
+    assert min(times) < bound, f"first token after {times} s (best of {len(times)} runs; bound {bound:.2f} s)"
+
+
+def torch_import_seconds() -> float:
+    """`python -c "import torch"` from start to exit, best of TRIES (the interpreter's own start included)."""
+    times = []
+    for _ in range(TRIES):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 # ---------------------------------------------------------------- memory
