@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import pack_nibbles
 from specdec_kernels import quant, reference
+from specdec_kernels.quant import RowwiseLinear
 
 
 def test_pack_unpack_round_trip():
@@ -153,3 +154,17 @@ def test_dense_weight_of_some_rows_is_those_rows_of_the_whole():
               quant.SumOfLinears([quant.W4A16Linear(random_quantized(64, 128, 32, seed=s)) for s in (1, 2)])]
     for layer in layers:
         assert torch.equal(quant.dense_weight(layer, rows), quant.dense_weight(layer)[rows]), type(layer).__name__
+
+
+@pytest.mark.parametrize("offset_floats", [1, 10, 15])
+def test_rowwise_linear_gives_the_same_bits_whatever_its_weights_address(offset_floats):
+    """A view of a mapped file may start anywhere; torch.mv on such a weight summed in another order on AVX2
+    (Zen 3). The layer copies it, once, to a 64-byte aligned one, and the rows equal the aligned layer's."""
+    weight = torch.randn(300, 257, generator=torch.Generator().manual_seed(offset_floats))
+    storage = torch.empty(weight.numel() + 16)
+    unaligned = storage[offset_floats: offset_floats + weight.numel()].view_as(weight).copy_(weight)
+    assert unaligned.data_ptr() % RowwiseLinear.ALIGNMENT
+    layer, reference = RowwiseLinear(unaligned), RowwiseLinear(weight.clone())
+    x = torch.randn(5, 257)
+    assert torch.equal(layer(x), reference(x))
+    assert layer.weight.data_ptr() % RowwiseLinear.ALIGNMENT == 0 and torch.equal(layer.weight, weight)

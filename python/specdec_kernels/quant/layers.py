@@ -168,7 +168,11 @@ class W8A16Linear(PackedLayer):
 
 class RowwiseLinear(nn.Module):
     """A dense float32 layer computed one row at a time (matrix-vector products): torch's matmul picks
-    different kernels for different M, so it is not batch-invariant; a row-by-row product is."""
+    different kernels for different M, so it is not batch-invariant; a row-by-row product is. torch.mv also
+    sums in an order that depends on the weight's address (seen on AVX2, Zen 3), so a weight that does not start
+    on a 64-byte line (a view of a mapped file) is copied, once, to one that does, as a fresh allocation is."""
+
+    ALIGNMENT = 64
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
@@ -176,6 +180,8 @@ class RowwiseLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x):
+        if not torch.compiler.is_compiling() and self.weight.data_ptr() % self.ALIGNMENT:
+            self.weight = self.weight.clone()
         rows = x.reshape(-1, x.shape[-1])
         y = torch.stack([torch.mv(self.weight, row) for row in rows]) if rows.shape[0] else rows.new_empty(0, 0)
         y = y.reshape(*x.shape[:-1], self.weight.shape[0])
