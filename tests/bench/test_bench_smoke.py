@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
+from specdec_kernels import machine
 from specdec_kernels.bench import e2e, forward, tree_attention, verify, w4a16
-from specdec_kernels.bench.common import CacheFlusher, cpu_description, machine_info
+from specdec_kernels.bench.common import CacheFlusher, machine_info
 from specdec_kernels.cli.args import UsageError
 from specdec_kernels.decoding import STOP_REASONS
+from specdec_kernels.machine import cpu_description
 from specdec_kernels.models import RUNNER_X_DIGITS
 
 
@@ -41,6 +43,13 @@ def test_results_name_the_cpu_with_its_family_and_model(tmp_path):
     family = next(line.split(":")[1].strip() for line in cpuinfo.splitlines() if line.startswith("cpu family"))
     assert f"family {family}, model " in cpu_description()
     assert machine_info(torch.device("cpu"))["cpu"] == cpu_description()
+
+
+def test_a_cpu_without_numbers_is_named_alone(monkeypatch):
+    monkeypatch.setattr(machine, "cpuinfo_fields", lambda: {"model name": "Some CPU"})
+    assert cpu_description() == "Some CPU"
+    monkeypatch.setattr(machine, "cpuinfo_fields", lambda: {})  # no /proc/cpuinfo: the platform's name
+    assert cpu_description() and "family" not in cpu_description()
 
 
 def test_forward_cost_rows(tmp_path):

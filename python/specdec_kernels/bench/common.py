@@ -10,6 +10,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from specdec_kernels.machine import cpu_description
+
 
 def _sync(device: torch.device):
     if device.type == "cuda":
@@ -94,27 +96,6 @@ def matmul_peak(device: torch.device = torch.device("cpu"), dtype=torch.float32,
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     return 2 * size**3 / best_seconds(lambda: a @ b, 10, device)
-
-
-def cpu_description() -> str:
-    """The CPU's model name with its family and model numbers, which tell generations apart where a VM shortens the
-    name (AMD EPYC, family 25, model 1: Zen 3); the name alone where /proc/cpuinfo has no numbers."""
-    from specdec_kernels.planner.costs import cpu_name
-
-    numbers = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
-                    numbers[key.strip()] = value.strip()
-                if not line.strip():  # the first processor's block is enough
-                    break
-    except OSError:
-        pass
-    if len(numbers) < 2:
-        return cpu_name()
-    return f"{cpu_name()}, family {numbers['cpu family']}, model {numbers['model']}"
 
 
 def machine_info(device: torch.device) -> dict:

@@ -50,7 +50,7 @@ def report() -> list:
 
     import specdec_kernels
     from specdec_kernels.extras import EXTRAS
-    from specdec_kernels.planner.costs import cpu_name
+    from specdec_kernels.machine import cpu_description
 
     # A kernel registered for the CUDA key exists only when setup.py compiled csrc/cuda (SPECDEC_WITH_CUDA).
     cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("specdec::w4a16_gemm", "CUDA")
@@ -61,7 +61,7 @@ def report() -> list:
         ("specdec-kernels", f"{specdec_kernels.__version__} ({os.path.dirname(specdec_kernels.__file__)})"),
         ("python", python),
         ("torch", f"{torch.__version__}, CUDA {cuda}, {torch.get_num_threads()} threads"),
-        ("cpu", cpu_name()),
+        ("cpu", cpu_description()),
         ("cpu paths", " ".join(runnable_cpu_paths())),
         ("cpu path dispatched", dispatched_cpu_path()),
         ("cuda kernels", "compiled" if cuda_kernels else "not compiled"),

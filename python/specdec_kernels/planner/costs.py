@@ -8,7 +8,6 @@ anything else is remeasured, never trusted.
 """
 import json
 import os
-import platform
 import sys
 from itertools import accumulate
 from dataclasses import asdict
@@ -17,6 +16,7 @@ from typing import Optional
 import torch
 
 from specdec_kernels import user_cache
+from specdec_kernels.machine import cpu_description
 
 from .policy import StepCosts
 
@@ -26,7 +26,7 @@ CACHE_CONTEXT = 256  # tokens in the cache while timing: a typical prompt
 # noisy moment for the truth (every forward 1.35x, the drafter's extend 2.8x too slow) and `auto` then grew
 # trees for costs it did not pay.
 MEASURE_SECONDS = 8.0
-FORMAT = 1
+FORMAT = 2  # 2: the CPU named with its family and model (machine.cpu_description)
 
 
 def cache_dir() -> str:
@@ -42,21 +42,10 @@ def _file_identity(path: Optional[str]) -> Optional[list]:
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cost_key(model_path: str, head_path: Optional[str]) -> dict:
     from specdec_kernels import __version__, _C
 
-    return {"format": FORMAT, "cpu": cpu_name(), "isa": _C.cpu_isa(), "threads": torch.get_num_threads(),
+    return {"format": FORMAT, "cpu": cpu_description(), "isa": _C.cpu_isa(), "threads": torch.get_num_threads(),
             "version": __version__, "model": _file_identity(model_path), "head": _file_identity(head_path)}
 
 
