@@ -28,8 +28,9 @@ def test_versions_and_machine(detected):
     assert detected["python"].split()[0] == ".".join(map(str, sys.version_info[:3]))
     assert detected["torch"].startswith(f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}, ")
     with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    assert detected["cpu"] == model
+        fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    assert detected["cpu"] == f"{fields['model name']}, family {fields['cpu family']}, model {fields['model']}"
     assert detected["cuda kernels"] == "not compiled" or torch.version.cuda is not None
     for distribution in ("gguf", "safetensors", "transformers", "matplotlib", "tqdm"):
         assert f"{distribution} {metadata.version(distribution)}" in detected["optional packages"]
