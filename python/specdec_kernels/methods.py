@@ -27,7 +27,7 @@ from .drafters.head_file import shipped_file
 from .hierarchical import MIN_DRAFT, check_min_draft, hierarchical_generate
 from .intermediate import default_recipe_path, derive_intermediate, load_intermediate
 from .models import RUNNER_X_DIGITS, Transformer, load_model
-from .planner import Planner, StepCosts, step_costs
+from .planner import Planner, StepCosts, best_chain_lengths, step_costs
 from .planner.calibration import load_prior
 
 METHODS = {
@@ -57,9 +57,10 @@ EAGLE3 = ("eagle3", "eagle3-pld")
 EAGLE3_SUFFIX = ".eagle3"  # heads/<model file name>.eagle3/: the shipped EAGLE-3 head's folder
 EAGLE3_SHAPE = DEFAULT_TREE
 FIXED_CHAINS = {"chain-2": DraftShape.chain(2), "chain-3": DraftShape.chain(3)}  # beside `chain`, for comparisons
-# The predictor's 0 (a plain step) is raised to one draft token: where it predicts 0, the head's first token is
-# still accepted ~27% of the time, and drafting and verifying it costs ~7% of a plain step on CPUs
-# (docs/notes.md, "Draft-length predictor (LDLP)"). The paper's GPUs pay more per draft token than that.
+# A rounded length of 0 (a plain step) is raised to one draft token: where the predictor says 0, the head's first
+# token is still accepted ~27% of the time, and drafting and verifying it costs ~7% of a plain step on CPUs
+# (docs/notes.md, "Draft-length predictor (LDLP)"). A predictor with a length table instead gets the lengths that
+# pay under this machine's measured costs (0 included), which replace rounding and this floor.
 ADA_MIN_LENGTH = 1
 
 
@@ -167,8 +168,13 @@ class Decoder:
     @property
     def predictor(self) -> LengthPredictor:
         if self._predictor is None:
-            self._predictor = load_predictor(self.predictor_path, self.model)
-            self._predictor.min_length = ADA_MIN_LENGTH
+            predictor = load_predictor(self.predictor_path, self.model)
+            if predictor.length_table is not None:  # lengths that pay on this machine (its costs: measured, cached)
+                costs = self._costs or step_costs(self.model, self.drafter, self.model_path, self.head_path,
+                                                  self.recalibrate)
+                predictor.bin_lengths = best_chain_lengths(predictor.length_table.counts, costs)
+            predictor.min_length = ADA_MIN_LENGTH
+            self._predictor = predictor
         return self._predictor
 
     @property

@@ -12,9 +12,10 @@ from specdec_kernels.drafters import (
     load_predictor,
     save_predictor,
 )
-from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, OnePositionPredictor, to_length
+from specdec_kernels.drafters.ldlp import MAX_DRAFT_LENGTH, LengthTable, OnePositionPredictor, to_length
 from specdec_kernels.train.eagle import generate_batch
-from specdec_kernels.train.ldlp import best_constant, chain_labels, evaluate, examples, train, weighted_l1
+from specdec_kernels.train.ldlp import (best_constant, chain_labels, evaluate, examples, held_out_table, train,
+                                       weighted_l1)
 from specdec_kernels.train.ldlp import main as train_main
 
 K_MAX = 4
@@ -64,8 +65,11 @@ def test_predictor_lengths_stay_in_range(tiny, bias, expected):
     assert lengths.tolist() == [expected] * 5
 
 
+BINNED = "binned"  # lengths by the raw output's bin of a length table, not rounded
+
+
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("min_length", [0, 1])
+@pytest.mark.parametrize("min_length", [0, 1, BINNED])
 def test_one_position_predictor_matches_the_module(tiny, seed, min_length):
     """Decoding's numpy snapshot gives predictor.lengths' length at every position whose raw value is not within
     float32 rounding of a half; inputs at the embedded model's scales (features ~15x the embeddings), raw values
@@ -77,16 +81,27 @@ def test_one_position_predictor_matches_the_module(tiny, seed, min_length):
         predictor.norm.bias.normal_(0, 0.3, generator=generator)
         predictor.w_out.weight.mul_(20.0)
         predictor.w_out.bias.fill_(K_MAX / 2)
-    predictor.min_length = min_length
+    if min_length == BINNED:  # edges between and beyond the rounding points; bins 0..5 -> lengths 3, 0, 4, 1, 2, 0
+        predictor.length_table = LengthTable((-0.2, 0.7, 1.3, 2.9, 4.1), ((1, 1, 1, 1, 1),) * 6)
+        predictor.bin_lengths = (3, 0, 4, 1, 2, 0)
+    else:
+        predictor.min_length = min_length
     one_position = OnePositionPredictor(predictor)
     embeds = torch.randn(400, tiny.config.dim, generator=generator)
     features = (15 * torch.randn(400, tiny.config.dim, generator=generator)).half()
     confidence = torch.rand(400, generator=generator)
     raw, lengths = predictor(embeds, features, confidence), predictor.lengths(embeds, features, confidence)
     got = torch.tensor([one_position(e, f, float(c)) for e, f, c in zip(embeds, features, confidence)])
-    clear = (raw - raw.round()).abs() < 0.5 - 1e-4
+    if min_length == BINNED:
+        near_edge = (raw[:, None] - torch.tensor(predictor.length_table.edges)).abs().amin(1) < 1e-4
+        clear = ~near_edge
+        expected = torch.tensor(predictor.bin_lengths)[torch.bucketize(raw, torch.tensor([-0.2, 0.7, 1.3, 2.9, 4.1]),
+                                                                       right=True)]
+        assert torch.equal(lengths, expected) and set(lengths.tolist()) == {0, 1, 2, 3, 4}
+    else:
+        clear = (raw - raw.round()).abs() < 0.5 - 1e-4
+        assert set(lengths.tolist()) == set(range(min_length, K_MAX + 1))  # every length and both clips were seen
     assert clear.sum() > 390 and torch.equal(got[clear], lengths[clear])
-    assert set(lengths.tolist()) == set(range(min_length, K_MAX + 1))  # every length and both clips were seen
 
 
 def test_file_round_trip(tiny, tmp_path):
@@ -98,6 +113,64 @@ def test_file_round_trip(tiny, tmp_path):
     assert loaded.metadata == {"command": "python -m specdec_kernels.train.ldlp --out x", "positions": 10}
     x, f, c = torch.randn(9, tiny.config.dim), torch.randn(9, tiny.config.dim), torch.rand(9)
     assert torch.equal(loaded(x, f, c), predictor(x, f, c))
+
+
+def test_length_table_counts_labels_per_bin_of_the_raw_output():
+    raw = torch.tensor([0.1, 0.2, 0.3, 0.4, 1.1, 1.2, 1.3, 1.4, 2.5, 2.6, 2.7, 2.8])
+    labels = torch.tensor([0, 0, 1, 0, 1, 2, 1, 1, 3, 3, 2, 5])  # 5: past k_max, counted as k_max
+    table = LengthTable.of(raw, labels, k_max=3, bins=3)
+    assert len(table.edges) == 2 and 0.4 <= table.edges[0] <= 1.1 and 1.4 <= table.edges[1] <= 2.5
+    assert table.counts == ((3, 1, 0, 0), (0, 3, 1, 0), (0, 0, 1, 3))
+    assert [table.bin_of(float(r)) for r in raw] == [0] * 4 + [1] * 4 + [2] * 4
+    assert LengthTable.of(torch.ones(10), torch.ones(10, dtype=torch.long), 3).counts == ((0, 10, 0, 0),)  # one bin
+
+
+@pytest.mark.parametrize("edges, counts", [((1.0, 0.5), ((1, 0),) * 3), ((0.5,), ((1, 0),)), ((0.5,), ((1, 0), (1,))),
+                                           ((0.5,), ((0, 0), (0, 0))), ((float("nan"),), ((1, 0),) * 2),
+                                           ((0.5,), ((1, -1), (1, 0)))])
+def test_a_bad_length_table_is_refused(edges, counts):
+    with pytest.raises(ValueError, match="a length table needs"):
+        LengthTable(edges, counts)
+
+
+def test_the_length_table_travels_with_the_file(tiny, tmp_path):
+    predictor = predictor_for(tiny, k_max=3)
+    predictor.length_table = LengthTable((0.25, 1.5), ((5, 1, 0, 0), (2, 3, 1, 0), (0, 1, 2, 4)))
+    path = str(tmp_path / "t.ldlp.safetensors")
+    save_predictor(predictor, path, command="x")
+    loaded = load_predictor(path, tiny)
+    assert loaded.length_table == predictor.length_table and loaded.bin_lengths is None
+    assert loaded.metadata["command"] == "x"
+    for entry, message in [({"edges": [0.5]}, "damaged length table"),
+                           ({"edges": [0.5], "counts": [[1, 0], [0, 1]]}, "labels 0..1, the predictor's k_max is 3"),
+                           ({"edges": "x", "counts": [[1, 0, 0, 0]]}, "damaged length table")]:
+        save_predictor(predictor_for(tiny, k_max=3), path, length_table=entry)
+        with pytest.raises(ValueError, match=message):
+            load_predictor(path, tiny)
+
+
+def test_the_decoder_maps_each_bin_to_the_length_its_costs_pay_for(tiny, head, sequences, tmp_path):
+    """A file with a length table: the decoder gives each bin of the raw output the length that
+    planner.policy.best_chain_lengths finds under the machine's costs (here given), not the rounded one; the
+    greedy output stays plain greedy's."""
+    from specdec_kernels.methods import Decoder
+    from specdec_kernels.planner import StepCosts, best_chain_lengths
+
+    data = examples(sequences, *chain_labels(head, tiny.embedding, sequences, K_MAX))
+    predictor = random_predictor(tiny)
+    predictor.length_table = held_out_table(predictor, tiny.embedding, data)
+    assert len(predictor.length_table.counts) == 8 and sum(map(sum, predictor.length_table.counts)) == len(data)
+    path = str(tmp_path / "p.ldlp.safetensors")
+    save_predictor(predictor, path)
+    for costs in (StepCosts((6.0, 6.2, 6.4, 6.6, 6.8), 0.3, 0.1), StepCosts((6.0, 18.0, 30.0, 42.0, 54.0), 0.3, 0.1)):
+        decoder = Decoder("tiny.gguf", tiny, head_path="tiny.eagle.pt", predictor_path=path, costs=costs)
+        decoder._drafter = EagleDrafter(tiny, head)
+        lengths = decoder.predictor.bin_lengths
+        assert lengths == best_chain_lengths(predictor.length_table.counts, costs)
+        out = speculative_generate(tiny, decoder.drafter, PROMPTS[0], 30, shape=ADA_SHAPES["ada"],
+                                   predictor=decoder.predictor)
+        assert out.tokens == generate(tiny, PROMPTS[0], 30).tokens and set(out.draft_lengths) <= set(lengths)
+    assert set(lengths) == {0}  # a node costs two plain steps: no draft pays
 
 
 def test_length_zero_is_a_plain_step(tiny, head):

@@ -1,10 +1,12 @@
 """The planner's choices on synthetic cost curves and acceptance estimates, and its acceptance curve."""
 import math
+from itertools import accumulate, product
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from specdec_kernels.planner import AcceptanceCurve, Planner, StepCosts, best_size, worth_another_level
+from specdec_kernels.planner import (AcceptanceCurve, Planner, StepCosts, best_chain_lengths, best_size,
+                                     worth_another_level)
 from specdec_kernels.planner.acceptance import BINS, monotone
 from specdec_kernels.planner.step_planner import BACKOFF, PLAIN_STREAK
 
@@ -96,3 +98,40 @@ def test_an_accepted_draft_resets_the_backoff():
     planner.backoff = 64
     planner.observe([math.log(0.9)], [-1, 0], [True], emitted=2, nodes=2, drafted=True)
     assert planner.backoff == BACKOFF[0] and planner.drafting()
+
+
+# ---------------------------------------------------------------- AdaEAGLE's lengths per predictor bin
+def chain_rate(label_counts, lengths, costs):
+    """Tokens per ms of chains of `lengths` (one per bin) over the table's positions."""
+    tokens = sum(n * (1 + min(k, a)) for counts, k in zip(label_counts, lengths) for a, n in enumerate(counts))
+    ms = sum(sum(counts) * costs.step_ms(k + 1, k) for counts, k in zip(label_counts, lengths))
+    return tokens / ms
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 50), min_size=4, max_size=4), min_size=1, max_size=4),
+       st.lists(st.floats(1.0, 3.0), min_size=3, max_size=3), st.floats(0.01, 2.0), st.floats(0.01, 2.0))
+def test_the_chain_lengths_reach_the_best_rate_of_all_length_choices(label_counts, growth, extend_ms, level_ms):
+    if sum(map(sum, label_counts)) == 0:
+        return
+    forward = tuple(accumulate([5.0, *growth]))  # c(1) .. c(4), rising
+    costs = StepCosts(forward, extend_ms, level_ms)
+    lengths = best_chain_lengths(label_counts, costs)
+    assert len(lengths) == len(label_counts) and all(0 <= k <= 3 for k in lengths)
+    best = max(chain_rate(label_counts, choice, costs) for choice in product(range(4), repeat=len(label_counts)))
+    assert chain_rate(label_counts, lengths, costs) >= best * (1 - 1e-12)
+
+
+def test_chain_lengths_follow_the_cost_curve():
+    sure, unsure = [1, 1, 2, 96], [70, 20, 6, 4]  # labels 0..3 of a bin the predictor is sure of, and of one it is not
+    # nodes cost nothing: only the unsure bin's third draft level (0.2 ms for 0.04 tokens) does not pay
+    assert best_chain_lengths([unsure, sure], FLAT) == (2, 3)
+    # a node costs a forward (6 ms, ~0.9 tokens at plain decoding's rate): one sure draft token still pays
+    assert best_chain_lengths([unsure, sure], STEEP) == (0, 1)
+    middle = StepCosts(forward_ms=(6.0, 6.6, 7.2, 7.8), extend_ms=0.5, level_ms=0.2)
+    assert best_chain_lengths([unsure, sure], middle) == (1, 3)
+
+
+def test_chain_lengths_need_positions():
+    with pytest.raises(ValueError, match="no positions"):
+        best_chain_lengths([[0, 0], [0, 0]], FLAT)

@@ -2,7 +2,8 @@
 
 Prints the step costs the `auto` method plans with (measured once per machine, model and head, then cached):
 the target's forward over T nodes against T = 1, the drafter's costs, and the draft the planner would verify
-for a drafter whose top token is accepted with probability p at every depth (a chain of p, p^2, ...).
+for a drafter whose top token is accepted with probability p at every depth (a chain of p, p^2, ...), and the
+draft length `ada` gives each bin of its length predictor's output under these costs (drafters.ldlp).
 """
 from specdec_kernels.cli.args import UsageError, default_model_path, head_path, model_path
 
@@ -45,8 +46,26 @@ def run(args):
     print("\n# the chain the planner verifies when each draft token is accepted with probability p")
     print_table([{"p": p, "tokens": chain_choice(costs, p)} for p in ACCEPTANCE],
                 [("p", "p", "{:.2f}"), ("tokens", "draft tokens", "{}")])
+    if decoder.predictor_path is not None and decoder.planned_head == decoder.head_path:
+        print_ada_lengths(decoder.predictor)
     if args.plot:
         plot(costs, args.plot, f"{info['cpu_isa']}, {info['threads']} threads")
+
+
+def print_ada_lengths(predictor):
+    from specdec_kernels.bench.common import print_table
+
+    table = predictor.length_table
+    if table is None:
+        print("\n# ada: the predictor has no length table, its lengths are rounded")
+        return
+    print("\n# ada: the draft length of each bin of the predictor's output, under these costs")
+    bounds = [float("-inf"), *table.edges, float("inf")]
+    print_table([{"raw": f"[{bounds[b]:.2f}, {bounds[b + 1]:.2f})", "positions": sum(row),
+                  "mean": sum(a * n for a, n in enumerate(row)) / sum(row), "length": predictor.bin_lengths[b]}
+                 for b, row in enumerate(table.counts)],
+                [("raw", "predictor output", "{}"), ("positions", "held-out positions", "{}"),
+                 ("mean", "mean accepted", "{:.2f}"), ("length", "draft length", "{}")])
 
 
 def plot(costs, path: str, machine: str):

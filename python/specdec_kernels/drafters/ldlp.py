@@ -8,6 +8,11 @@ the target's own quantities there (the paper's inputs) and the draft head's conf
     h = silu(w_in(x));  h = h + silu(w_mid(h))        # [.., hidden]: 3 layers, the middle one residual
     length = round(w_out(h)) clipped to [0, k_max]    # draft a chain of that many tokens; 0: a plain step
 
+Rounding is the paper's rule, and it ignores what drafting costs on the machine at hand. A predictor file may also
+carry a LengthTable: on held-out positions, bins of the raw output and how often each label fell in each bin.
+Given the machine's measured step costs (planner.policy.best_chain_lengths) that table gives each bin the length
+that maximises tokens per second; the decoder then maps the raw output to its bin's length (`bin_lengths`).
+
 c costs nothing: the drafter has computed the root's children before the length is chosen. It is not in the
 paper; with the paper's two inputs alone the predictor chose worse lengths here (docs/notes.md, "Draft-length
 predictor (LDLP)").
@@ -19,8 +24,10 @@ this small: ~150-190 us against 40-60 us on Zen 3, where a plain step of the emb
 Its file (drafters.weights_file: safetensors, no pickle) holds the config, the float32 weights and free-form
 metadata (the command that trained it).
 """
+import bisect
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,6 +61,38 @@ class PredictorConfig:
             raise ValueError(f"a length predictor needs dim >= 1 and hidden_dim >= 1, got {self}")
 
 
+@dataclass(frozen=True)
+class LengthTable:
+    """The raw output's bins, split at `edges` (ascending; bin b holds edges[b - 1] <= raw < edges[b]), and per
+    bin how many held-out positions had each label 0 .. k_max (`counts` [bins][k_max + 1])."""
+
+    edges: Tuple[float, ...]
+    counts: Tuple[Tuple[int, ...], ...]
+
+    def __post_init__(self):
+        widths = {len(row) for row in self.counts}
+        if (len(self.counts) != len(self.edges) + 1 or len(widths) != 1 or min(widths) < 2
+                or any(n < 0 for row in self.counts for n in row) or sum(map(sum, self.counts)) == 0
+                or not all(math.isfinite(e) for e in self.edges) or list(self.edges) != sorted(self.edges)):
+            raise ValueError(f"a length table needs ascending finite edges, one more row of counts than edges, rows "
+                             f"of k_max + 1 non-negative counts and some positions, got {self}")
+
+    @staticmethod
+    def of(raw: torch.Tensor, labels: torch.Tensor, k_max: int, bins: int = 8) -> "LengthTable":
+        """The table of raw outputs [N] and their labels [N] (0 .. k_max; more counts as k_max): `bins` bins of about
+        equal counts (fewer where the raw outputs repeat), none empty."""
+        quantiles = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+        edges = torch.quantile(raw.double(), quantiles).unique()
+        index = torch.bucketize(raw.double(), edges, right=True)
+        counts = torch.zeros(edges.numel() + 1, k_max + 1, dtype=torch.int64)
+        counts.index_put_((index, labels.clamp(0, k_max)), torch.ones_like(labels), accumulate=True)
+        kept = counts.sum(1).nonzero()[:, 0].tolist()  # an empty bin joins the next one (the last: the one before)
+        return LengthTable(tuple(edges[b - 1].item() for b in kept[1:]), tuple(tuple(counts[b].tolist()) for b in kept))
+
+    def bin_of(self, raw: float) -> int:
+        return bisect.bisect_right(self.edges, raw)
+
+
 class LengthPredictor(nn.Module):
     """The LDLP in plain PyTorch: (embeds, features) [.., dim] each -> a real-valued draft length [..]."""
 
@@ -64,7 +103,12 @@ class LengthPredictor(nn.Module):
         self.w_in = nn.Linear(2 * config.dim + 1, config.hidden_dim)
         self.w_mid = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.w_out = nn.Linear(config.hidden_dim, 1)
-        self.min_length = 0  # a decoding policy, not learned (not saved): methods.ADA_MIN_LENGTH sets it
+        # Decoding policies, not learned (not saved). min_length floors rounded lengths (methods.ADA_MIN_LENGTH);
+        # bin_lengths, when set (methods.Decoder, from the machine's costs), replaces rounding: the length of the raw
+        # output's bin in length_table (which the file may carry).
+        self.min_length = 0
+        self.length_table: Optional[LengthTable] = None
+        self.bin_lengths: Optional[Tuple[int, ...]] = None
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """embeds, features [.., dim], confidence [..] -> the real-valued length (what training's loss sees)."""
@@ -81,8 +125,12 @@ class LengthPredictor(nn.Module):
 
     @torch.no_grad()
     def lengths(self, embeds: torch.Tensor, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        """Draft lengths int64 [..] in [min_length, k_max]; 0 means a plain decoding step."""
-        return to_length(self(embeds, features, confidence), self.config.k_max).clamp(min=self.min_length)
+        """Draft lengths int64 [..] in [0, k_max] (rounded: [min_length, k_max]); 0 means a plain decoding step."""
+        raw = self(embeds, features, confidence)
+        if self.bin_lengths is not None:
+            bins = torch.bucketize(raw.double(), torch.tensor(self.length_table.edges, dtype=torch.float64), right=True)
+            return torch.tensor(self.bin_lengths)[bins]
+        return to_length(raw, self.config.k_max).clamp(min=self.min_length)
 
 
 class OnePositionPredictor:
@@ -103,6 +151,7 @@ class OnePositionPredictor:
         self.w_mid = torch.cat([predictor.w_mid.weight, predictor.w_mid.bias[:, None]], 1).detach().float().numpy()
         self.w_out = torch.cat([predictor.w_out.weight[0], predictor.w_out.bias]).detach().float().numpy()
         self.eps, self.k_max, self.min_length = predictor.norm.eps, predictor.config.k_max, predictor.min_length
+        self.table, self.bin_lengths = predictor.length_table, predictor.bin_lengths
         self.row = np.ones(dims + 2, np.float32)              # [x, c, 1]
         self.hidden = np.ones(predictor.config.hidden_dim + 1, np.float32)  # [h, 1]
         self.scratch = np.empty(predictor.config.hidden_dim, np.float32)
@@ -118,6 +167,8 @@ class OnePositionPredictor:
         h[:] = self._silu(h)
         h += self._silu(self.w_mid @ self.hidden)
         raw = float(self.w_out @ self.hidden)
+        if self.bin_lengths is not None:
+            return self.bin_lengths[self.table.bin_of(raw)]
         return max(min(max(round(raw), 0), self.k_max), self.min_length)  # round: half to even, as to_length
 
     def _silu(self, v: np.ndarray) -> np.ndarray:
@@ -143,6 +194,8 @@ def default_predictor_path(model_path: str) -> str | None:
 
 
 def save_predictor(predictor: LengthPredictor, path: str, **metadata) -> None:
+    if predictor.length_table is not None:
+        metadata["length_table"] = asdict(predictor.length_table)
     save_weights_file(path, predictor.state_dict(), asdict(predictor.config), metadata)
 
 
@@ -157,4 +210,19 @@ def load_predictor(path: str, target) -> LengthPredictor:
         predictor = LengthPredictor(config)
     assign_weights(predictor, tensors, torch.float32, path)
     predictor.metadata = metadata
+    if "length_table" in metadata:
+        predictor.length_table = table_from(metadata["length_table"], config.k_max, path)
     return predictor.eval()
+
+
+def table_from(entry, k_max: int, path: str) -> LengthTable:
+    """The LengthTable of a file's metadata; ValueError when it is damaged or for another k_max."""
+    try:
+        table = LengthTable(tuple(float(e) for e in entry["edges"]),
+                            tuple(tuple(int(n) for n in row) for row in entry["counts"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: damaged length table ({error})") from None
+    if len(table.counts[0]) != k_max + 1:
+        raise ValueError(f"{path}: the length table counts labels 0..{len(table.counts[0]) - 1}, the predictor's "
+                         f"k_max is {k_max}")
+    return table

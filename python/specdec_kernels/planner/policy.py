@@ -51,3 +51,25 @@ def worth_another_level(acceptance: Sequence[float], frontier: Sequence[float], 
     guessed = sorted([*acceptance, *(continuation * a for a in frontier)], reverse=True)
     _, deeper = best_size(guessed, levels + 1, costs, rate)
     return deeper > now
+
+
+def best_chain_lengths(label_counts: Sequence[Sequence[int]], costs: StepCosts) -> Tuple[int, ...]:
+    """AdaEAGLE's lengths for this machine. label_counts[b][a]: held-out positions in bin b of the length predictor's
+    output whose greedy head chain had its first a tokens accepted (a = 0 .. k_max, the last also "k_max or
+    more") -> per bin the chain length k in 0 .. k_max (0: a plain step) that maximises the long-run rate over all
+    positions, sum E / sum t, with E = 1 + min(k, a) tokens and t = costs.step_ms(k + 1, k). Dinkelbach's rule: at
+    rate r each bin takes its best E - r t, r becomes the rate those choices reach, until the choices repeat (the
+    rate rises every round, so they do)."""
+    if not label_counts or sum(map(sum, label_counts)) <= 0:
+        raise ValueError("the length table holds no positions")
+    k_max = min(len(label_counts[0]) - 1, costs.max_nodes - 1)
+    tokens = [[sum(n * (1 + min(k, a)) for a, n in enumerate(counts)) for k in range(k_max + 1)]
+              for counts in label_counts]
+    ms = [[sum(counts) * costs.step_ms(k + 1, k) for k in range(k_max + 1)] for counts in label_counts]
+    bins, rate, chosen = range(len(label_counts)), 0.0, None
+    while True:
+        best = tuple(max(range(k_max + 1), key=lambda k: (tokens[b][k] - rate * ms[b][k], -k)) for b in bins)
+        if best == chosen:
+            return chosen
+        chosen = best
+        rate = sum(tokens[b][k] for b, k in zip(bins, chosen)) / sum(ms[b][k] for b, k in zip(bins, chosen))

@@ -14,7 +14,9 @@
    of an answer for their label to be known are left out.
 3. The predictor learns label(j) from (embed(x_j), f_j, confidence): L1 with under-prediction weighted by
    lambda >= 1 (--under-weight; 1 is plain L1, which minimises the mean absolute error).
-4. Held-out sequences (5%) and the target's answers to the end-to-end prompts' first turns report mean
+4. The held-out sequences (5%) give the predictor's LengthTable, saved with it: bins of its raw output and the labels
+   in each, from which a machine's measured costs give the length each bin should draft (drafters.ldlp).
+5. Held-out sequences and the target's answers to the end-to-end prompts' first turns report mean
    absolute error, exact and within-one rates, next to the best constant length's (chosen on training).
 """
 import argparse
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from specdec_kernels.drafters import EagleHead
-from specdec_kernels.drafters.ldlp import LengthPredictor, PredictorConfig, check_k_max, save_predictor
+from specdec_kernels.drafters.ldlp import LengthPredictor, LengthTable, PredictorConfig, check_k_max, save_predictor
 from specdec_kernels.extras import progress_bar
 
 from .eagle import batches, pair_batch, shifted
@@ -137,6 +139,13 @@ def best_constant(labels: torch.Tensor, k_max: int) -> int:
     return int(torch.stack(errors).argmin())
 
 
+@torch.no_grad()
+def held_out_table(predictor: LengthPredictor, embedding: torch.Tensor, data: Examples) -> LengthTable:
+    """The predictor's raw outputs on `data` against its labels (positions the predictor was not trained on)."""
+    raw = torch.cat([predictor(*data.inputs(i, embedding)) for i in torch.arange(len(data)).split(4096)])
+    return LengthTable.of(raw, data.labels, predictor.config.k_max)
+
+
 def length_metrics(lengths: torch.Tensor, labels: torch.Tensor, under_weight: float) -> dict:
     """Predicted lengths vs labels: mean absolute error, exact and within-one rates, the training loss (the
     weighted L1), and per step the tokens drafted and the draft tokens accepted (min(length, label))."""
@@ -238,6 +247,10 @@ def main(argv=None):
     predictor = LengthPredictor(PredictorConfig(target.config.dim, args.k_max, args.hidden_dim))
     history = train(predictor, target.embedding, data["training"], args.epochs, args.lr,
                     under_weight=args.under_weight)
+    if len(data.get("held out", ())):  # none when every held-out answer ended before its first label
+        predictor.length_table = held_out_table(predictor, target.embedding, data["held out"])
+        print(f"length table (held out): raw output edges {[round(e, 3) for e in predictor.length_table.edges]}, "
+              f"labels 0..{args.k_max} per bin {[list(row) for row in predictor.length_table.counts]}")
     results = {}
     for name in ("held out", "unseen prompts"):
         if name in data:
