@@ -100,20 +100,24 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch):
 
 def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_130(monkeypatch, capsys):
     """safetensors turns a Ctrl-C that lands mid-read into a ValueError (seen when the drafter loaded just as the
-    user pressed it): still an interrupt, not a traceback."""
+    user pressed it): still an interrupt, not a traceback. Python's own Ctrl-C handler is installed for the test: a
+    process started in the background by a shell without job control inherits SIGINT ignored (no KeyboardInterrupt
+    at all, as a user's Ctrl-C never reaches such a process either)."""
     def interrupted_inside_a_library(args):
         try:
-            # raise_signal delivers to this (the main) thread and runs the handler before it returns; os.kill on the
-            # process could land on a torch worker thread, and then no interrupt reached this frame in time
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # this thread; the handler runs before it returns
         except KeyboardInterrupt:
             raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
         raise AssertionError("no KeyboardInterrupt")
 
     monkeypatch.setattr(generate_cli, "run", interrupted_inside_a_library)
-    assert cli.main(["generate", "hi"]) == 130
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["generate", "hi"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert capsys.readouterr().err.strip() == "specdec: interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 @pytest.mark.model
